@@ -1,0 +1,18 @@
+//! `whelm-shared`: the wire formats of Whelm Voice. No I/O, no threads.
+//!
+//! - [`ovp`]: the Opulent Voice frame header (a borrowed 12-byte view),
+//!   base-40 callsigns, and [`ovp::validate`], which the relay's hot path
+//!   calls on every conference datagram.
+//! - [`line`]: the Whelm control line protocol: [`line::Command`] parsed
+//!   from a client's line, [`line::Reply`] formatted for it (and the reverse,
+//!   for clients and tests).
+//! - [`dm`]: the direct-message `channel_id` the Whelm web backend uses.
+//!
+//! Everything here takes bytes or values and returns values; the relay,
+//! control and bench crates own the sockets.
+
+pub mod dm;
+pub mod line;
+pub mod ovp;
+
+pub use dm::dm_channel_id;
