@@ -7,12 +7,17 @@
 //!   from a client's line, [`line::Reply`] formatted for it (and the reverse,
 //!   for clients and tests).
 //! - [`dm`]: the direct-message `channel_id` the Whelm web backend uses.
+//! - [`cobs`] and [`station`]: what stations carry inside OVP payloads
+//!   (COBS-framed IPv4/UDP packets of voice, text and control), for the
+//!   station tools; the relay forwards frames without looking at them.
 //!
 //! Everything here takes bytes or values and returns values; the relay,
 //! control and bench crates own the sockets.
 
+pub mod cobs;
 pub mod dm;
 pub mod line;
 pub mod ovp;
+pub mod station;
 
 pub use dm::dm_channel_id;
