@@ -2,6 +2,8 @@
 //! into `tests/vectors/`, so a clean clone is self-contained): every case
 //! must hold, and altering a vector file makes these tests fail.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a test failure
+
 use serde_json::Value;
 use whelm_shared::dm_channel_id;
 use whelm_shared::ovp::{self, HEADER_LEN, StationId};
