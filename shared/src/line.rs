@@ -277,7 +277,7 @@ impl Command {
             }),
             "HANGUP" => match rest {
                 None => Ok(Command::Hangup),
-                Some(r) if r.trim().is_empty() => Ok(Command::Hangup),
+                Some(r) if r.trim_matches(' ').is_empty() => Ok(Command::Hangup),
                 Some(_) => Err(LineError::TrailingInput("HANGUP")),
             },
             "MSG" => {
@@ -304,7 +304,11 @@ impl Command {
 }
 
 fn one_arg<'a>(cmd: &'static str, rest: Option<&'a str>) -> Result<&'a str, LineError> {
-    let r = rest.map(str::trim_end).filter(|r| !r.is_empty());
+    // Arguments are separated by spaces; a stray trailing space is tolerated,
+    // any other character (even other white space) is part of the argument.
+    let r = rest
+        .map(|r| r.trim_end_matches(' '))
+        .filter(|r| !r.is_empty());
     let r = r.ok_or(LineError::MissingArgument(cmd))?;
     if r.contains(' ') {
         return Err(LineError::TrailingInput(cmd));
