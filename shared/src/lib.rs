@@ -6,6 +6,8 @@
 //! - [`line`]: the Whelm control line protocol: [`line::Command`] parsed
 //!   from a client's line, [`line::Reply`] formatted for it (and the reverse,
 //!   for clients and tests).
+//! - [`channel`]: the relay command channel (JSON lines over a Unix
+//!   socket): versioned handshake, commands with typed replies, events.
 //! - [`dm`]: the direct-message `channel_id` the Whelm web backend uses.
 //! - [`cobs`] and [`station`]: what stations carry inside OVP payloads
 //!   (COBS-framed IPv4/UDP packets of voice, text and control), for the
@@ -14,6 +16,7 @@
 //! Everything here takes bytes or values and returns values; the relay,
 //! control and bench crates own the sockets.
 
+pub mod channel;
 pub mod cobs;
 pub mod dm;
 pub mod line;

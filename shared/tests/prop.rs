@@ -6,6 +6,7 @@
 mod strategies;
 
 use proptest::prelude::*;
+use whelm_shared::channel::{self, ClientMsg, LineReader};
 use whelm_shared::line::{Command, Reply};
 use whelm_shared::ovp::{self, HEADER_LEN, StationId};
 use whelm_shared::station::{self, Message, Outgoing, Reassembler};
@@ -70,6 +71,47 @@ proptest! {
         prop_assert!(dm_channel_id(a, b) <= 0x7FFF_FFFF);
     }
 
+    #[test]
+    fn channel_request_round_trip(msg in strategies::channel_request()) {
+        let wire = channel::encode(&msg);
+        prop_assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        prop_assert_eq!(channel::decode::<ClientMsg>(&wire).unwrap(), msg);
+    }
+
+    /// However a stream is cut into reads, the reader returns the same lines,
+    /// none longer than its limit.
+    #[test]
+    fn line_reader_is_independent_of_read_sizes(
+        lines in proptest::collection::vec("[a-z]{0,12}", 0..20),
+        cuts in proptest::collection::vec(1usize..9, 1..10),
+    ) {
+        let stream: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+        let mut r = LineReader::with_limit(8);
+        let mut got = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < stream.len() {
+            let n = cuts[i % cuts.len()].min(stream.len() - at);
+            r.extend(&stream[at..at + n]);
+            at += n;
+            i += 1;
+            while let Some(l) = r.next_line() {
+                got.push(l.map_err(|e| e.to_string()));
+            }
+        }
+        let want: Vec<Result<Vec<u8>, String>> = lines
+            .iter()
+            .map(|l| if l.len() > 8 { Err("line longer than 16777216 bytes".to_string()) } else { Ok(l.clone().into_bytes()) })
+            .collect();
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            match (g, w) {
+                (Ok(g), Ok(w)) => prop_assert_eq!(g, w),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "{g:?} vs {w:?}"),
+            }
+        }
+    }
+
     /// No byte string makes any parser panic.
     #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -81,6 +123,8 @@ proptest! {
         let mut rx = Reassembler::new();
         let _ = rx.push(&bytes);
         let _ = rx.push(&bytes);
+        let _ = channel::decode::<ClientMsg>(&bytes);
+        let _ = channel::decode::<channel::RelayMsg>(&bytes);
         if bytes.len() >= 8 {
             let raw = u64::from_be_bytes(bytes[..8].try_into().unwrap());
             let _ = StationId::from_raw(raw).map(|id| id.to_string());

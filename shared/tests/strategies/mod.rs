@@ -1,6 +1,8 @@
 //! Proptest strategies for every wire type, in one place.
 
 use proptest::prelude::*;
+use std::net::{IpAddr, SocketAddr};
+use whelm_shared::channel::{self, CallEntry, ClientMsg, UserEntry};
 use whelm_shared::line::{Command, ErrorReply, MessageJson, Reply, Status, UserId};
 
 /// 1 to 9 base-40 characters: every such callsign fits in 48 bits.
@@ -99,4 +101,59 @@ pub(crate) fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::Kicked),
         error_reply().prop_map(Reply::Error),
     ]
+}
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
+    ]
+}
+
+fn user_entry() -> impl Strategy<Value = UserEntry> {
+    (
+        user_id(),
+        ip(),
+        proptest::option::of(word()),
+        proptest::option::of((ip(), any::<u16>())),
+    )
+        .prop_map(|(user, ip, token, voice)| UserEntry {
+            user,
+            ip,
+            token,
+            voice: voice.map(|(i, p)| SocketAddr::new(i, p)),
+        })
+}
+
+fn call() -> impl Strategy<Value = CallEntry> {
+    (user_id(), user_id()).prop_map(|(a, b)| CallEntry { a, b })
+}
+
+/// Every request a client can send on the command channel.
+pub(crate) fn channel_request() -> impl Strategy<Value = ClientMsg> {
+    let state = (
+        proptest::collection::vec(user_entry(), 0..4),
+        proptest::collection::vec(call(), 0..4),
+    )
+        .prop_map(|(users, calls)| channel::State { users, calls });
+    let limits = (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u32>()),
+    )
+        .prop_map(|(bandwidth_mbps, station_rate)| channel::Limits {
+            bandwidth_mbps,
+            station_rate,
+        });
+    let command = prop_oneof![
+        user_entry().prop_map(channel::Command::AllowUser),
+        user_id().prop_map(|user| channel::Command::RevokeUser { user }),
+        call().prop_map(channel::Command::InstallCall),
+        call().prop_map(channel::Command::RemoveCall),
+        limits.prop_map(channel::Command::SetLimits),
+        Just(channel::Command::Snapshot),
+        state.prop_map(channel::Command::ReplaceAll),
+        Just(channel::Command::Counters),
+        Just(channel::Command::Stations),
+    ];
+    (any::<u64>(), command).prop_map(|(id, command)| ClientMsg::Request { id, command })
 }
