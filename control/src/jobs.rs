@@ -1,0 +1,233 @@
+//! The values that cross between the state machine and the rest: what it is
+//! told ([`Input`]), what it asks for ([`Effect`]), the store jobs and their
+//! results, the relay commands. Plain data, no behaviour.
+
+use std::net::IpAddr;
+
+use whelm_shared::line::{Command, LineError, Reply, Status, UserId};
+
+/// One TCP connection, numbered by the network thread from 1 upwards and
+/// never reused in a process's life (so a late event for a closed session
+/// can never reach a newer one: cleanup is keyed by session, not by user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// What the state machine is told.
+#[derive(Debug)]
+pub enum Input {
+    /// The network thread accepted a connection.
+    Connected {
+        /// New session.
+        session: SessionId,
+        /// Peer address (for the relay's voice registration check).
+        ip: IpAddr,
+    },
+    /// One line from a session, parsed once by the network thread.
+    Line {
+        /// From whom.
+        session: SessionId,
+        /// The command, or why the line is not one.
+        line: Result<Command, LineError>,
+    },
+    /// The connection is gone (EOF, error, or the network thread dropped it
+    /// because it did not read its replies).
+    Disconnected {
+        /// Which.
+        session: SessionId,
+    },
+    /// A store worker finished a job that has an answer.
+    Store(StoreResult),
+    /// Time passed (the runtime sends it every tick, traffic or not).
+    Tick,
+    /// SIGTERM/SIGINT: mark everyone offline and close every session.
+    Shutdown,
+}
+
+/// What the state machine asks the runtime to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Queue a line to a session.
+    Send {
+        /// To whom.
+        session: SessionId,
+        /// The line.
+        reply: Reply,
+    },
+    /// Close the session once what was queued to it is written.
+    Close {
+        /// Which.
+        session: SessionId,
+    },
+    /// A job for the store workers.
+    Store(StoreJob),
+    /// A command for the relay link.
+    Relay(RelayCmd),
+}
+
+/// Forwarding changes for the relay (ARCHITECTURE.md: command channel).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayCmd {
+    /// `user` authenticated from `ip`; the relay accepts its HELLO from there.
+    AllowUser {
+        /// The user.
+        user: UserId,
+        /// Its control connection's address.
+        ip: IpAddr,
+    },
+    /// `user` is gone; forget its voice address.
+    RevokeUser {
+        /// The user.
+        user: UserId,
+    },
+    /// `a` and `b` are in a call: forward between their voice addresses.
+    InstallCall {
+        /// Caller.
+        a: UserId,
+        /// Callee.
+        b: UserId,
+    },
+    /// The call between `a` and `b` ended.
+    RemoveCall {
+        /// Caller.
+        a: UserId,
+        /// Callee.
+        b: UserId,
+    },
+}
+
+/// A message to store (group-committed with others queued at the same time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MsgJob {
+    /// Who sent it (its `OK MSG` goes there).
+    pub session: SessionId,
+    /// The sender session's sequence number of this MSG.
+    pub seq: u64,
+    /// `messages.sender_id`.
+    pub sender: UserId,
+    /// Recipient (`channel_id` is computed from both ids).
+    pub recipient: UserId,
+    /// Byte-exact content.
+    pub content: String,
+    /// Also record it as pending for the recipient (who had no session when
+    /// the MSG was queued; its next AUTH delivers it).
+    pub pending: bool,
+    /// Check that the recipient exists (an online recipient obviously does).
+    pub check_recipient: bool,
+}
+
+/// Work for the store. Jobs run in the order queued, on one worker, so a
+/// backlog fetch sees exactly the messages queued before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreJob {
+    /// Find the user whose `session_token` this is.
+    Lookup {
+        /// Who asked.
+        session: SessionId,
+        /// The token.
+        token: String,
+    },
+    /// `user` authenticated: status online, last_seen now, then fetch the
+    /// messages pending for it.
+    Online {
+        /// Its session.
+        session: SessionId,
+        /// The user.
+        user: UserId,
+    },
+    /// HEARTBEAT: last_seen now, and the status if given.
+    Heartbeat {
+        /// The user.
+        user: UserId,
+        /// New status.
+        status: Option<Status>,
+    },
+    /// These users have no session any more.
+    Offline {
+        /// Users.
+        users: Vec<UserId>,
+    },
+    /// Store a message.
+    Msg(MsgJob),
+    /// A committed message could not be delivered live: keep it for the
+    /// recipient's next AUTH.
+    AddPending {
+        /// Recipient.
+        recipient: UserId,
+        /// `messages.id`.
+        message_id: i64,
+    },
+    /// Messages up to this id were delivered to the recipient.
+    Delivered {
+        /// Recipient.
+        recipient: UserId,
+        /// Highest delivered `messages.id`.
+        upto: i64,
+    },
+}
+
+/// A stored message, as delivered in `MSG <json>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// `messages.id`.
+    pub id: i64,
+    /// Sender.
+    pub sender: UserId,
+    /// Recipient.
+    pub recipient: UserId,
+    /// Content.
+    pub content: String,
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+}
+
+/// Why a message was not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgFailure {
+    /// No such recipient.
+    UnknownRecipient,
+    /// The database failed (nothing committed).
+    Database,
+}
+
+/// A user found by token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// `users.id`.
+    pub id: UserId,
+    /// `users.username`.
+    pub username: String,
+}
+
+/// Answers of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreResult {
+    /// Answer to [`StoreJob::Lookup`]; `Err` when the database failed.
+    Lookup {
+        /// Who asked.
+        session: SessionId,
+        /// The user, if the token is known.
+        user: Result<Option<UserRecord>, ()>,
+    },
+    /// Answer to [`StoreJob::Online`]: the pending messages, oldest first.
+    Backlog {
+        /// Who asked.
+        session: SessionId,
+        /// For whom.
+        user: UserId,
+        /// Messages; `Err` when the database failed (they stay pending).
+        messages: Result<Vec<StoredMessage>, ()>,
+    },
+    /// Answer to [`StoreJob::Msg`], sent after the commit.
+    Msg {
+        /// Sender's session.
+        session: SessionId,
+        /// Its sequence number.
+        seq: u64,
+        /// The recipient.
+        recipient: UserId,
+        /// Whether it was stored as pending.
+        pending: bool,
+        /// The stored message or why not.
+        result: Result<StoredMessage, MsgFailure>,
+    },
+}

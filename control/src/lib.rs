@@ -1,0 +1,4 @@
+//! `whelm-control`: the control plane of Whelm Voice.
+pub mod dsn;
+pub mod jobs;
+pub mod machine;
