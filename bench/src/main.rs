@@ -1,5 +1,5 @@
-//! Placeholder until its issue lands.
-fn main() {
-    eprintln!("whelm-bench: not built yet");
-    std::process::exit(1);
+//! `whelm-bench`: see the library's module map (`src/lib.rs`).
+
+fn main() -> std::process::ExitCode {
+    whelm_bench::cli::main()
 }

@@ -1,0 +1,40 @@
+//! `whelm-bench`: the load harness of Whelm Voice and its station/client
+//! tools for people.
+//!
+//! Tools (interactive, also scriptable through pipes):
+//! - [`station`]: an OVP text station (`whelm-bench station`); its frames
+//!   are built by [`station_tx`] with whelm-shared's framing.
+//!
+//! Measurement core (no scenario knowledge):
+//! - [`probe`]: the sequence number and send timestamp every load packet
+//!   carries; [`clock`]: CLOCK_MONOTONIC and the realtime offset that turns
+//!   kernel receive timestamps into monotonic time.
+//! - [`flows`]: receiver accounting per (sender, receiver) flow: received,
+//!   lost, reordered, duplicated. [`latency`]: hdrhistogram percentiles.
+//! - [`udp`]: sockets for load (large buffers, `SO_TIMESTAMPNS`,
+//!   `SO_RXQ_OVFL`) and batched `sendmmsg`/`recvmmsg` through nix.
+//! - [`procstat`]: CPU time (utime+stime) and RSS of a process from /proc;
+//!   [`pin`]: CPU affinity of the generator thread.
+//! - [`stats`]: medians and spread over repeats; [`machine`]: git commit,
+//!   nproc, kernel, CPU model.
+//! - [`report`]: the stdout table and JSON lines; [`svg`]: the latency CDF
+//!   and throughput-vs-offered-load figure; [`progress`]: stderr progress.
+//!
+//! Scenarios:
+//! - [`children`]: starts the process under test (the real `whelm-relay`,
+//!   or the bench's own baseline forwarder) and waits for its ready line;
+//!   kills it on drop.
+//! - [`forwarder`]: the baseline, a one-thread `recvmmsg`/`sendmmsg`
+//!   forwarder with a static table (`whelm-bench forwarder`, hidden).
+//! - [`ovp_load`]: one measured run of an OVP conference: stations join,
+//!   warm up, send paced probe frames; the receiver accounts every copy.
+//! - [`scenario`]: `baseline` and `ovp`: load points x targets x repeats,
+//!   summaries and ratios to the baseline of the same invocation.
+//!
+//! Flow of a run: `cli` -> `scenario` -> (`children` starts the target) ->
+//! `ovp_load` (pinned generator/receiver thread using `udp`, `probe`,
+//! `flows`, `latency`; `procstat` samples the target) -> `report`/`svg`.
+
+pub mod cli;
+pub mod station;
+pub mod station_tx;
