@@ -1,0 +1,40 @@
+//! `whelm-relay`: the data plane of Whelm Voice (ARCHITECTURE.md).
+//!
+//! Modules, in the order a datagram meets them:
+//!
+//! - [`config`]: flags over TOML file over defaults.
+//! - [`relay`]: start-up (binds, workers, coordinator, ready line) and
+//!   shutdown.
+//! - [`net`]: `SO_REUSEPORT` sockets, sockaddr parsing, CPU pinning.
+//! - [`engine`]: one pinned worker thread per core; its I/O engine is
+//!   [`engine::uring`] (multishot recvmsg into the provided-buffer ring of
+//!   [`engine::bufring`], `SendMsg` per destination, zero copy) or
+//!   [`engine::mmsg`] (recvmmsg/sendmmsg) on the same tables.
+//! - [`batch`]: the seam between I/O and logic: a received batch of
+//!   (buffer id, offset, length, peer, port) goes through [`batch::process`],
+//!   which returns sends (buffer id, destination) to the engine.
+//! - [`core`]: the sans-IO decision (bytes, peer, port kind, now) -> drop
+//!   reason or fan-out, over the worker's replica of the tables (OVP stations,
+//!   voice routes) and its per-source rate limiter.
+//! - [`update`]: coordinator -> worker table updates, worker -> coordinator
+//!   events (a new station, an address change, stations seen).
+//! - [`coordinator`] with [`registry`]: the one writer of the authoritative
+//!   station registry; broadcasts updates; expires stations on its own timer;
+//!   prints stats.
+//! - [`metrics`]: every counter name; per-worker counters read without
+//!   stopping the workers.
+//!
+//! Flow: socket -> engine receive batch -> `batch::process` -> `Core::decide`
+//! -> engine send queue -> socket. Learned stations: `Core` -> worker ->
+//! `Event` -> coordinator -> `Update` to every worker.
+
+pub mod batch;
+pub mod config;
+pub mod coordinator;
+pub mod core;
+pub mod engine;
+pub mod metrics;
+pub mod net;
+pub mod registry;
+pub mod relay;
+pub mod update;

@@ -1,0 +1,176 @@
+//! Start-up and shutdown: bind every worker's sockets (the first on the
+//! configured port, possibly 0, the rest on the resolved port), start the
+//! coordinator and the workers, wait until each worker reports its engine,
+//! hand the ready line to the caller, wait for SIGINT/SIGTERM, stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use socket2::Socket;
+
+use crate::config::Config;
+use crate::coordinator::{Coordinator, WorkerInfo};
+use crate::core::{Core, CoreConfig};
+use crate::engine::{self, EngineKind, WorkerCtx};
+use crate::metrics::WorkerCounters;
+use crate::net::{bind_udp, local_addr};
+use crate::update::Event;
+
+/// What the relay listens on, once every worker runs.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// OVP address, port resolved.
+    pub ovp: SocketAddr,
+    /// Voice address, port resolved.
+    pub voice: SocketAddr,
+    /// Engine of each worker, with its core.
+    pub engines: Vec<(usize, EngineKind)>,
+}
+
+impl Ready {
+    /// The one line printed to stdout.
+    pub fn line(&self) -> String {
+        let mut kinds: Vec<String> = self.engines.iter().map(|(_, e)| e.to_string()).collect();
+        kinds.dedup();
+        format!(
+            "whelm-relay ready: ovp={} voice={} engine={} workers={}",
+            self.ovp,
+            self.voice,
+            kinds.join(","),
+            self.engines.len()
+        )
+    }
+}
+
+/// Binds `n` SO_REUSEPORT sockets on one address; port 0 resolves on the
+/// first.
+fn bind_group(addr: SocketAddr, n: usize) -> anyhow::Result<(Vec<Socket>, SocketAddr)> {
+    let first = bind_udp(addr)?;
+    let resolved = local_addr(&first)?;
+    let mut v = vec![first];
+    for _ in 1..n {
+        v.push(bind_udp(resolved)?);
+    }
+    Ok((v, resolved))
+}
+
+/// Runs the relay until `stop` is set (by a signal handler) or a worker
+/// fails. `on_ready` is called once with the listening addresses.
+pub fn run(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    let n = cfg.cores.len();
+    let (ovp_socks, ovp) = bind_group(SocketAddr::new(cfg.bind, cfg.port), n)?;
+    let (voice_socks, voice) = bind_group(SocketAddr::new(cfg.bind, cfg.voice_port), n)?;
+    let v6 = ovp.is_ipv6();
+    if cfg.control_socket.is_some() {
+        tracing::info!("--control-socket is accepted but the command channel is not built yet");
+    }
+    let core_cfg = CoreConfig {
+        reply_to: cfg.reply_to,
+        ovp_port: ovp.port(),
+        station_rate: cfg.station_rate,
+        station_burst: cfg.station_burst,
+        allow: cfg.allow.clone(),
+        deny: cfg.deny.clone(),
+    };
+    let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Event>();
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let mut handles = Vec::with_capacity(n);
+    let mut update_txs = Vec::with_capacity(n);
+    let mut counters = Vec::with_capacity(n);
+    for (i, (o, v)) in ovp_socks.into_iter().zip(voice_socks).enumerate() {
+        let (utx, urx) = crossbeam_channel::unbounded();
+        update_txs.push(utx);
+        let c = Arc::new(WorkerCounters::default());
+        counters.push(c.clone());
+        let ctx = WorkerCtx::new(
+            i,
+            cfg.cores[i],
+            vec![o, v],
+            Core::new(core_cfg.clone()),
+            urx,
+            ev_tx.clone(),
+            c,
+            stop.clone(),
+            cfg.sizes,
+            v6,
+        );
+        handles.push(
+            engine::spawn_worker(ctx, cfg.engine, ready_tx.clone())
+                .with_context(|| format!("spawning worker {i}"))?,
+        );
+    }
+    drop(ready_tx);
+    let mut engines = vec![(0usize, EngineKind::Mmsg); n];
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok((i, cpu, kind))) => {
+                tracing::info!("worker {i} on core {cpu}: engine {kind}");
+                engines[i] = (cpu, kind);
+            }
+            Ok(Err(msg)) => failure = Some(msg),
+            Err(_) => failure = Some("a worker did not start".into()),
+        }
+    }
+    if let Some(msg) = failure {
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        bail!(msg);
+    }
+    let info = engines
+        .iter()
+        .zip(&counters)
+        .map(|(&(cpu, engine), c)| WorkerInfo {
+            cpu,
+            engine,
+            counters: c.clone(),
+        })
+        .collect();
+    let coord = Coordinator::new(cfg.timeout, cfg.stats_interval, ev_rx, update_txs, info)
+        .spawn()
+        .context("spawning the coordinator")?;
+    let ready = Ready {
+        ovp,
+        voice,
+        engines,
+    };
+    tracing::info!("{}", ready.line());
+    on_ready(&ready);
+
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) {
+        if handles.iter().any(|h| h.is_finished()) {
+            result = Err(anyhow::anyhow!("a worker stopped unexpectedly"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (i, h) in handles.into_iter().enumerate() {
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("worker {i}: {e:#}");
+                result = Err(e);
+            }
+            Err(_) => result = Err(anyhow::anyhow!("worker {i} panicked")),
+        }
+    }
+    let _ = ev_tx.send(Event::Shutdown);
+    let _ = coord.join();
+    result
+}
