@@ -2,3 +2,4 @@
 pub mod dsn;
 pub mod jobs;
 pub mod machine;
+pub mod store;

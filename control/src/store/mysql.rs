@@ -1,0 +1,369 @@
+//! MariaDB through the `mysql` crate: a small pool, session time zone UTC,
+//! `utf8mb4`, every value a bound parameter. Message and pending-row inserts
+//! are multi-row statements in power-of-two chunk sizes, so a handful of
+//! prepared statements stay cached; their ids are `LAST_INSERT_ID() + k *
+//! @@auto_increment_increment`, which InnoDB guarantees for one multi-row
+//! INSERT unless `innodb_autoinc_lock_mode = 2`, where we insert row by row.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Value};
+use whelm_shared::dm_channel_id;
+use whelm_shared::line::{Status, UserId};
+
+use super::{NewMessage, Stamp, Store, StoreError, UserRow, db_user_id};
+use crate::dsn::MysqlDsn;
+use crate::jobs::{StoredMessage, UserRecord};
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS users (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        username VARCHAR(255) NOT NULL,
+        session_token VARCHAR(255) NULL,
+        status VARCHAR(16) NOT NULL DEFAULT 'offline',
+        last_seen TIMESTAMP NULL DEFAULT NULL,
+        UNIQUE KEY users_username (username),
+        UNIQUE KEY users_session_token (session_token)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS messages (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        sender_id BIGINT NOT NULL,
+        channel_id BIGINT NOT NULL,
+        content TEXT NOT NULL,
+        timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        KEY messages_channel (channel_id, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS whelm_pending (
+        recipient_id BIGINT NOT NULL,
+        message_id BIGINT NOT NULL,
+        PRIMARY KEY (recipient_id, message_id)
+    ) ENGINE=InnoDB",
+];
+
+/// Largest multi-row INSERT (rows).
+const MAX_CHUNK: usize = 256;
+
+/// Builds connection options from a DSN.
+pub fn opts(dsn: &MysqlDsn, max_conns: usize) -> Opts {
+    let constraints = PoolConstraints::new(1, max_conns.max(1)).unwrap_or_default();
+    let mut b = OptsBuilder::new()
+        .user(Some(dsn.user.clone()).filter(|u| !u.is_empty()))
+        .pass(dsn.password.clone())
+        .db_name(Some(dsn.database.clone()))
+        .tcp_port(dsn.port)
+        .tcp_connect_timeout(Some(Duration::from_secs(3)))
+        .read_timeout(Some(Duration::from_secs(30)))
+        .write_timeout(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .prefer_socket(false)
+        .stmt_cache_size(64)
+        .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"])
+        .pool_opts(PoolOpts::default().with_constraints(constraints));
+    b = match (&dsn.socket, &dsn.host) {
+        (Some(sock), _) => b.socket(Some(sock.clone())),
+        (None, host) => b.ip_or_hostname(Some(host.clone().unwrap_or_else(|| "127.0.0.1".into()))),
+    };
+    b.into()
+}
+
+/// MariaDB.
+pub struct MysqlStore {
+    pool: Pool,
+    /// The connection of the current batch; dropped after an error so the
+    /// next batch starts on a fresh one.
+    conn: Option<PooledConn>,
+    describe: String,
+    /// Multi-row inserts give consecutive ids (lock mode 0 or 1).
+    multi_row: bool,
+    /// `@@auto_increment_increment`.
+    increment: i64,
+}
+
+impl MysqlStore {
+    /// Connects (failing at once when MariaDB cannot be reached).
+    pub fn connect(dsn: &MysqlDsn) -> Result<MysqlStore, StoreError> {
+        let pool = Pool::new(opts(dsn, 4))?;
+        let mut conn = pool.get_conn()?;
+        let (mode, inc): (Option<i64>, Option<i64>) = conn
+            .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")?
+            .unwrap_or((None, None));
+        let multi_row = mode.is_some_and(|m| m != 2);
+        Ok(MysqlStore {
+            pool,
+            conn: Some(conn),
+            describe: dsn.to_string(),
+            multi_row,
+            increment: inc.unwrap_or(1).max(1),
+        })
+    }
+
+    fn conn(&mut self) -> Result<&mut PooledConn, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get_conn()?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Other("no connection".into()))
+    }
+
+    /// Runs `f` on the connection, dropping it after an error.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut PooledConn) -> Result<T, mysql::Error>,
+    ) -> Result<T, StoreError> {
+        let r = f(self.conn()?);
+        if r.is_err() {
+            self.conn = None;
+        }
+        Ok(r?)
+    }
+
+    fn chunk_sizes(&self, mut n: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        if !self.multi_row {
+            out.resize(n, 1);
+            return out;
+        }
+        while n > 0 {
+            let mut c = MAX_CHUNK;
+            while c > n {
+                c /= 2;
+            }
+            out.push(c);
+            n -= c;
+        }
+        out
+    }
+}
+
+fn values_sql(head: &str, row: &str, n: usize) -> String {
+    let mut s = String::with_capacity(head.len() + n * (row.len() + 1));
+    s.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(row);
+    }
+    s
+}
+
+impl Store for MysqlStore {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.with(|c| {
+            for sql in SCHEMA {
+                c.query_drop(sql)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn add_user(&mut self, username: &str, token: &str) -> Result<UserId, StoreError> {
+        let r = self.with(|c| {
+            c.exec_drop(
+                "INSERT INTO users (username, session_token, status) VALUES (?, ?, 'offline')",
+                (username, token),
+            )?;
+            Ok(c.last_insert_id())
+        });
+        match r {
+            Ok(id) => UserId::new(id).ok_or_else(|| StoreError::Other("invalid new user id".into())),
+            Err(StoreError::Mysql(mysql::Error::MySqlError(e))) if e.code == 1062 => {
+                Err(StoreError::UserExists(username.to_owned()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> = self.with(|c| {
+            c.query(
+                "SELECT id, username, status, CAST(last_seen AS CHAR) FROM users ORDER BY id",
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, username, status, last_seen)| UserRow {
+                id,
+                username,
+                status: status.unwrap_or_default(),
+                last_seen,
+            })
+            .collect())
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.with(|c| c.query_drop("START TRANSACTION"))
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.with(|c| c.query_drop("COMMIT"))
+    }
+
+    fn rollback(&mut self) {
+        let failed = match self.conn.as_mut() {
+            Some(c) => c.query_drop("ROLLBACK").err(),
+            None => None,
+        };
+        if let Some(e) = failed {
+            tracing::debug!(error = %e, "rollback");
+            self.conn = None;
+        }
+    }
+
+    fn user_by_token(&mut self, token: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row: Option<(i64, Vec<u8>)> = self.with(|c| {
+            c.exec_first(
+                "SELECT id, username FROM users WHERE session_token = ?",
+                (token,),
+            )
+        })?;
+        Ok(row.and_then(|(id, name)| {
+            db_user_id(id).map(|id| UserRecord {
+                id,
+                username: String::from_utf8_lossy(&name).into_owned(),
+            })
+        }))
+    }
+
+    fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        self.with(|c| {
+            let mut found = Vec::new();
+            for &id in ids {
+                let r: Option<i64> =
+                    c.exec_first("SELECT id FROM users WHERE id = ?", (id.get() as i64,))?;
+                if r.is_some() {
+                    found.push(id);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn set_presence(
+        &mut self,
+        users: &[UserId],
+        status: Option<Status>,
+        at: &Stamp,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            for u in users {
+                match status {
+                    Some(s) => c.exec_drop(
+                        "UPDATE users SET status = ?, last_seen = ? WHERE id = ?",
+                        (s.as_str(), at.db.as_str(), u.get() as i64),
+                    )?,
+                    None => c.exec_drop(
+                        "UPDATE users SET last_seen = ? WHERE id = ?",
+                        (at.db.as_str(), u.get() as i64),
+                    )?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn insert_messages(
+        &mut self,
+        msgs: &[NewMessage<'_>],
+        at: &Stamp,
+    ) -> Result<Vec<i64>, StoreError> {
+        let sizes = self.chunk_sizes(msgs.len());
+        let inc = self.increment;
+        self.with(|c| {
+            let mut ids = Vec::with_capacity(msgs.len());
+            let mut rest = msgs;
+            for n in sizes {
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let sql = values_sql(
+                    "INSERT INTO messages (sender_id, channel_id, content, timestamp) VALUES ",
+                    "(?,?,?,?)",
+                    n,
+                );
+                let mut params = Vec::with_capacity(n * 4);
+                for m in chunk {
+                    params.push(Value::from(m.sender.get() as i64));
+                    params.push(Value::from(dm_channel_id(m.sender.get(), m.recipient.get())));
+                    params.push(Value::from(m.content));
+                    params.push(Value::from(at.db.as_str()));
+                }
+                c.exec_drop(sql, params)?;
+                let first = c.last_insert_id() as i64;
+                ids.extend((0..n as i64).map(|k| first + k * inc));
+            }
+            Ok(ids)
+        })
+    }
+
+    fn add_pending(&mut self, rows: &[(UserId, i64)]) -> Result<(), StoreError> {
+        let sizes = self.chunk_sizes(rows.len());
+        self.with(|c| {
+            let mut rest = rows;
+            for n in sizes {
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let sql = values_sql(
+                    "INSERT IGNORE INTO whelm_pending (recipient_id, message_id) VALUES ",
+                    "(?,?)",
+                    n,
+                );
+                let mut params = Vec::with_capacity(n * 2);
+                for (u, id) in chunk {
+                    params.push(Value::from(u.get() as i64));
+                    params.push(Value::from(*id));
+                }
+                c.exec_drop(sql, params)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows: Vec<(i64, i64, Vec<u8>, Option<String>)> = self.with(|c| {
+            c.exec(
+                "SELECT m.id, m.sender_id, m.content,
+                        DATE_FORMAT(m.timestamp, '%Y-%m-%dT%H:%i:%sZ')
+                 FROM whelm_pending p JOIN messages m ON m.id = p.message_id
+                 WHERE p.recipient_id = ? ORDER BY m.id",
+                (user.get() as i64,),
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, sender, content, ts)| {
+                Some(StoredMessage {
+                    id,
+                    sender: db_user_id(sender)?,
+                    recipient: user,
+                    content: String::from_utf8_lossy(&content).into_owned(),
+                    timestamp: ts.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.exec_drop(
+                "DELETE FROM whelm_pending WHERE recipient_id = ? AND message_id <= ?",
+                (user.get() as i64, upto),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_sql;
+
+    #[test]
+    fn multi_row_sql() {
+        assert_eq!(values_sql("INSERT INTO t (a) VALUES ", "(?)", 3), "INSERT INTO t (a) VALUES (?),(?),(?)");
+    }
+}

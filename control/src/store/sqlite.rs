@@ -1,0 +1,235 @@
+//! The embedded store: SQLite (bundled), WAL mode, `synchronous = FULL` so
+//! an acknowledged message survives a power cut.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use whelm_shared::dm_channel_id;
+use whelm_shared::line::{Status, UserId};
+
+use super::{NewMessage, Stamp, Store, StoreError, UserRow, db_user_id};
+use crate::jobs::{StoredMessage, UserRecord};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL UNIQUE,
+    session_token TEXT UNIQUE,
+    status TEXT NOT NULL DEFAULT 'offline',
+    last_seen TEXT
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender_id INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    content TEXT NOT NULL,
+    timestamp TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS whelm_pending (
+    recipient_id INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    PRIMARY KEY (recipient_id, message_id)
+) WITHOUT ROWID;
+";
+
+/// A SQLite database file.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the file, in WAL mode.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(SqliteStore {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(SCHEMA)?;
+        Ok(())
+    }
+
+    fn add_user(&mut self, username: &str, token: &str) -> Result<UserId, StoreError> {
+        let r = self.conn.execute(
+            "INSERT INTO users (username, session_token, status) VALUES (?1, ?2, 'offline')",
+            params![username, token],
+        );
+        match r {
+            Ok(_) => db_user_id(self.conn.last_insert_rowid())
+                .ok_or_else(|| StoreError::Other("invalid new user id".into())),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::UserExists(username.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, username, COALESCE(status, ''), CAST(last_seen AS TEXT) FROM users ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(UserRow {
+                id: r.get(0)?,
+                username: r.get(1)?,
+                status: r.get(2)?,
+                last_seen: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::debug!(error = %e, "rollback");
+        }
+    }
+
+    fn user_by_token(&mut self, token: &str) -> Result<Option<UserRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, username FROM users WHERE session_token = ?1")?;
+        let row: Option<(i64, String)> = st
+            .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.and_then(|(id, username)| {
+            db_user_id(id).map(|id| UserRecord { id, username })
+        }))
+    }
+
+    fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+        let mut found = Vec::new();
+        for &id in ids {
+            if st.exists([id.get() as i64])? {
+                found.push(id);
+            }
+        }
+        Ok(found)
+    }
+
+    fn set_presence(
+        &mut self,
+        users: &[UserId],
+        status: Option<Status>,
+        at: &Stamp,
+    ) -> Result<(), StoreError> {
+        match status {
+            Some(s) => {
+                let mut st = self.conn.prepare_cached(
+                    "UPDATE users SET status = ?1, last_seen = ?2 WHERE id = ?3",
+                )?;
+                for u in users {
+                    st.execute(params![s.as_str(), at.db, u.get() as i64])?;
+                }
+            }
+            None => {
+                let mut st = self
+                    .conn
+                    .prepare_cached("UPDATE users SET last_seen = ?1 WHERE id = ?2")?;
+                for u in users {
+                    st.execute(params![at.db, u.get() as i64])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_messages(
+        &mut self,
+        msgs: &[NewMessage<'_>],
+        at: &Stamp,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO messages (sender_id, channel_id, content, timestamp) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut ids = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let ch = dm_channel_id(m.sender.get(), m.recipient.get());
+            st.execute(params![m.sender.get() as i64, ch, m.content, at.db])?;
+            ids.push(self.conn.last_insert_rowid());
+        }
+        Ok(ids)
+    }
+
+    fn add_pending(&mut self, rows: &[(UserId, i64)]) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO whelm_pending (recipient_id, message_id) VALUES (?1, ?2)",
+        )?;
+        for (u, id) in rows {
+            st.execute(params![u.get() as i64, id])?;
+        }
+        Ok(())
+    }
+
+    fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT m.id, m.sender_id, m.content,
+                    COALESCE(strftime('%Y-%m-%dT%H:%M:%SZ', m.timestamp), '')
+             FROM whelm_pending p JOIN messages m ON m.id = p.message_id
+             WHERE p.recipient_id = ?1 ORDER BY m.id",
+        )?;
+        let rows = st.query_map([user.get() as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sender, content, timestamp) = row?;
+            if let Some(sender) = db_user_id(sender) {
+                out.push(StoredMessage {
+                    id,
+                    sender,
+                    recipient: user,
+                    content,
+                    timestamp,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "DELETE FROM whelm_pending WHERE recipient_id = ?1 AND message_id <= ?2",
+        )?;
+        st.execute(params![user.get() as i64, upto])?;
+        Ok(())
+    }
+}
