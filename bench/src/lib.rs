@@ -36,5 +36,10 @@
 //! `flows`, `latency`; `procstat` samples the target) -> `report`/`svg`.
 
 pub mod cli;
+pub mod clock;
+pub mod flows;
+pub mod latency;
+pub mod probe;
 pub mod station;
 pub mod station_tx;
+pub mod udp;
