@@ -26,7 +26,9 @@ pub enum DsnError {
     #[error("invalid percent escape in DSN")]
     BadEscape,
     /// Neither form.
-    #[error("not a MariaDB DSN (want user:pass@tcp(host:port)/db or mysql://user:pass@host:port/db)")]
+    #[error(
+        "not a MariaDB DSN (want user:pass@tcp(host:port)/db or mysql://user:pass@host:port/db)"
+    )]
     NotMysql,
 }
 
@@ -82,8 +84,8 @@ impl MysqlDsn {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix("mysql://") {
             parse_url(rest)
-        } else if s.starts_with("mariadb://") {
-            parse_url(&s["mariadb://".len()..])
+        } else if let Some(rest) = s.strip_prefix("mariadb://") {
+            parse_url(rest)
         } else if looks_like_go_dsn(s) {
             parse_go(s)
         } else {
@@ -308,7 +310,10 @@ mod tests {
         let d = MysqlDsn::parse("u:p@unix(/run/mysqld/mysqld.sock)/whelm").unwrap();
         assert_eq!(d.socket.as_deref(), Some("/run/mysqld/mysqld.sock"));
         assert_eq!(d.host, None);
-        assert_eq!(d.to_string(), "mysql://u:***@unix(/run/mysqld/mysqld.sock)/whelm");
+        assert_eq!(
+            d.to_string(),
+            "mysql://u:***@unix(/run/mysqld/mysqld.sock)/whelm"
+        );
     }
 
     #[test]
@@ -329,13 +334,19 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(MysqlDsn::parse("mysql://h:3306"), Err(DsnError::NoDatabase));
-        assert_eq!(MysqlDsn::parse("mysql://h:3306/"), Err(DsnError::NoDatabase));
+        assert_eq!(
+            MysqlDsn::parse("mysql://h:3306/"),
+            Err(DsnError::NoDatabase)
+        );
         assert_eq!(MysqlDsn::parse("mysql://h:99999/d"), Err(DsnError::BadPort));
         assert_eq!(MysqlDsn::parse("mysql://h:x/d"), Err(DsnError::BadPort));
         assert_eq!(MysqlDsn::parse("u@tcp(h:0)/d"), Err(DsnError::BadPort));
         assert_eq!(MysqlDsn::parse("u@tcp(h:1)"), Err(DsnError::NoDatabase));
         assert_eq!(MysqlDsn::parse("whelm.db"), Err(DsnError::NotMysql));
-        assert_eq!(MysqlDsn::parse("mysql://a%zz@h/d"), Err(DsnError::BadEscape));
+        assert_eq!(
+            MysqlDsn::parse("mysql://a%zz@h/d"),
+            Err(DsnError::BadEscape)
+        );
     }
 
     #[test]

@@ -1,5 +1,29 @@
-//! `whelm-control`: the control plane of Whelm Voice.
+//! `whelm-control`: the control plane of Whelm Voice (ARCHITECTURE.md).
+//!
+//! Modules and the flow through them:
+//!
+//! - [`net`]: one mio thread. Accepts TCP connections, splits lines
+//!   ([`framing`]), parses each once into a `whelm_shared::line::Command`
+//!   and sends it to the machine as an [`jobs::Input`]; writes the replies
+//!   the machine queues, dropping clients that do not read.
+//! - [`machine`]: the sans-IO call and presence state machine. One thread
+//!   owns all session, user and call state; `handle(now, input)` pushes
+//!   [`jobs::Effect`]s: replies, closes, store jobs, relay commands.
+//! - [`store`]: the `Store` trait with SQLite ([`store::sqlite`]) and
+//!   MariaDB ([`store::mysql`]) backends, and the [`store::worker`] thread
+//!   that group-commits queued jobs and answers the machine with inputs.
+//! - [`relay_link`]: where relay commands go (dropped until issue 5).
+//! - [`runtime`]: starts the threads and runs the machine loop and its tick.
+//! - [`config`], [`cli`], [`dsn`]: settings, the command line, DSN parsing.
+//! - [`jobs`]: the plain data passed between all of the above.
+
+pub mod cli;
+pub mod config;
 pub mod dsn;
+pub mod framing;
 pub mod jobs;
 pub mod machine;
+pub mod net;
+pub mod relay_link;
+pub mod runtime;
 pub mod store;

@@ -3,6 +3,8 @@
 //! when unset, a failure when set and unreachable). Rows are checked with
 //! real queries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{MysqlProbe, Probe, SqliteProbe, TempMariaDb};
@@ -82,18 +84,28 @@ fn migrate_creates_and_never_alters(f: &mut Fixture) {
     let a = f.store.add_user("alice", "tok-a").unwrap();
     f.store.migrate().unwrap();
     assert_eq!(
-        f.probe.one(&format!("SELECT username FROM users WHERE id = {a}")),
+        f.probe
+            .one(&format!("SELECT username FROM users WHERE id = {a}")),
         Some("alice".into())
     );
     for t in ["users", "messages", "whelm_pending"] {
-        assert_eq!(f.probe.one(&format!("SELECT COUNT(*) FROM {t} WHERE 1 = 0")), Some("0".into()));
+        assert_eq!(
+            f.probe
+                .one(&format!("SELECT COUNT(*) FROM {t} WHERE 1 = 0")),
+            Some("0".into())
+        );
     }
     // An existing table of another shape is left alone.
     f.probe.exec("DROP TABLE whelm_pending");
-    f.probe.exec("CREATE TABLE whelm_pending (recipient_id BIGINT, message_id BIGINT, extra_col INT)");
+    f.probe
+        .exec("CREATE TABLE whelm_pending (recipient_id BIGINT, message_id BIGINT, extra_col INT)");
     f.store.migrate().unwrap();
-    f.probe.exec("INSERT INTO whelm_pending (recipient_id, message_id, extra_col) VALUES (1, 2, 3)");
-    assert_eq!(f.probe.one("SELECT extra_col FROM whelm_pending"), Some("3".into()));
+    f.probe
+        .exec("INSERT INTO whelm_pending (recipient_id, message_id, extra_col) VALUES (1, 2, 3)");
+    assert_eq!(
+        f.probe.one("SELECT extra_col FROM whelm_pending"),
+        Some("3".into())
+    );
 }
 
 fn users_and_tokens(f: &mut Fixture) {
@@ -114,8 +126,13 @@ fn users_and_tokens(f: &mut Fixture) {
     ));
     let list = f.store.list_users().unwrap();
     assert_eq!(
-        list.iter().map(|u| (u.id, u.username.as_str(), u.status.as_str())).collect::<Vec<_>>(),
-        vec![(a.get() as i64, "alice", "offline"), (b.get() as i64, "bob", "offline")]
+        list.iter()
+            .map(|u| (u.id, u.username.as_str(), u.status.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (a.get() as i64, "alice", "offline"),
+            (b.get() as i64, "bob", "offline")
+        ]
     );
     let mut ex = f.store.existing_users(&[a, uid(999_999), b]).unwrap();
     ex.sort();
@@ -132,21 +149,38 @@ fn presence_rows(f: &mut Fixture) {
                 user: a,
                 status: Some(Status::Away),
             },
-            StoreJob::Heartbeat { user: b, status: None },
+            StoreJob::Heartbeat {
+                user: b,
+                status: None,
+            },
         ],
         &at,
     );
     let q = |u: UserId| format!("SELECT status, CAST(last_seen AS CHAR) FROM users WHERE id = {u}");
     assert_eq!(
         f.probe.rows(&q(a)),
-        vec![vec![Some("away".into()), Some("2026-11-21 10:00:00".into())]]
+        vec![vec![
+            Some("away".into()),
+            Some("2026-11-21 10:00:00".into())
+        ]]
     );
     assert_eq!(
         f.probe.rows(&q(b)),
-        vec![vec![Some("offline".into()), Some("2026-11-21 10:00:00".into())]]
+        vec![vec![
+            Some("offline".into()),
+            Some("2026-11-21 10:00:00".into())
+        ]]
     );
-    run_batch(f.store.as_mut(), vec![StoreJob::Offline { users: vec![a, b] }], &at);
-    assert_eq!(f.probe.one(&format!("SELECT status FROM users WHERE id = {a}")), Some("offline".into()));
+    run_batch(
+        f.store.as_mut(),
+        vec![StoreJob::Offline { users: vec![a, b] }],
+        &at,
+    );
+    assert_eq!(
+        f.probe
+            .one(&format!("SELECT status FROM users WHERE id = {a}")),
+        Some("offline".into())
+    );
 }
 
 fn messages_are_byte_exact_with_channel_id(f: &mut Fixture) {
@@ -186,7 +220,10 @@ fn messages_are_byte_exact_with_channel_id(f: &mut Fixture) {
         );
     }
     // Not pending: nothing recorded for offline delivery.
-    assert_eq!(f.probe.one("SELECT COUNT(*) FROM whelm_pending"), Some("0".into()));
+    assert_eq!(
+        f.probe.one("SELECT COUNT(*) FROM whelm_pending"),
+        Some("0".into())
+    );
 }
 
 fn unknown_recipient_is_refused(f: &mut Fixture) {
@@ -208,9 +245,13 @@ fn unknown_recipient_is_refused(f: &mut Fixture) {
         }
     ));
     let m = stored(&res[1]);
-    assert_eq!(f.probe.one("SELECT COUNT(*) FROM messages"), Some("1".into()));
     assert_eq!(
-        f.probe.rows("SELECT recipient_id, message_id FROM whelm_pending"),
+        f.probe.one("SELECT COUNT(*) FROM messages"),
+        Some("1".into())
+    );
+    assert_eq!(
+        f.probe
+            .rows("SELECT recipient_id, message_id FROM whelm_pending"),
         vec![vec![Some(b.to_string()), Some(m.id.to_string())]]
     );
 }
@@ -220,7 +261,9 @@ fn offline_backlog_in_order_once(f: &mut Fixture) {
     let at = stamp();
     let res = run_batch(
         f.store.as_mut(),
-        (1..=5).map(|i| msg(i, a, b, &format!("m{i}"), true)).collect(),
+        (1..=5)
+            .map(|i| msg(i, a, b, &format!("m{i}"), true))
+            .collect(),
         &at,
     );
     let ids: Vec<i64> = res.iter().map(|r| stored(r).id).collect();
@@ -252,12 +295,25 @@ fn offline_backlog_in_order_once(f: &mut Fixture) {
     };
     assert_eq!((*session, *user), (SessionId(9), b));
     let got: Vec<(i64, &str)> = backlog.iter().map(|m| (m.id, m.content.as_str())).collect();
-    let mut want: Vec<(i64, String)> = ids.iter().zip(1..).map(|(id, i)| (*id, format!("m{i}"))).collect();
+    let mut want: Vec<(i64, String)> = ids
+        .iter()
+        .zip(1..)
+        .map(|(id, i)| (*id, format!("m{i}")))
+        .collect();
     want.push((live.id, "m6".into()));
-    assert_eq!(got, want.iter().map(|(i, s)| (*i, s.as_str())).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        want.iter()
+            .map(|(i, s)| (*i, s.as_str()))
+            .collect::<Vec<_>>()
+    );
     assert!(backlog.iter().all(|m| m.sender == a && m.recipient == b));
     assert_eq!(backlog[0].timestamp, "2026-11-21T10:00:00Z");
-    assert_eq!(f.probe.one(&format!("SELECT status FROM users WHERE id = {b}")), Some("online".into()));
+    assert_eq!(
+        f.probe
+            .one(&format!("SELECT status FROM users WHERE id = {b}")),
+        Some("online".into())
+    );
     // Delivered up to the last: nothing left for the next AUTH.
     run_batch(
         f.store.as_mut(),
@@ -267,16 +323,30 @@ fn offline_backlog_in_order_once(f: &mut Fixture) {
         }],
         &at,
     );
-    assert_eq!(f.probe.one("SELECT COUNT(*) FROM whelm_pending"), Some("0".into()));
+    assert_eq!(
+        f.probe.one("SELECT COUNT(*) FROM whelm_pending"),
+        Some("0".into())
+    );
     assert_eq!(f.store.pending_for(b).unwrap(), vec![]);
-    assert_eq!(f.probe.one("SELECT COUNT(*) FROM messages"), Some("6".into()));
+    assert_eq!(
+        f.probe.one("SELECT COUNT(*) FROM messages"),
+        Some("6".into())
+    );
 }
 
 fn group_commit_of_many(f: &mut Fixture) {
     let (a, b) = users(f);
     let n = 700u64;
     let jobs = (1..=n)
-        .map(|i| msg(i, if i % 2 == 0 { a } else { b }, if i % 2 == 0 { b } else { a }, &format!("n{i}"), i % 3 == 0))
+        .map(|i| {
+            msg(
+                i,
+                if i % 2 == 0 { a } else { b },
+                if i % 2 == 0 { b } else { a },
+                &format!("n{i}"),
+                i % 3 == 0,
+            )
+        })
         .collect();
     let res = run_batch(f.store.as_mut(), jobs, &stamp());
     assert_eq!(res.len(), n as usize);
@@ -321,10 +391,18 @@ fn failed_batch_commits_nothing(f: &mut Fixture) {
         }
     ));
     assert!(matches!(&res[1], StoreResult::Lookup { user: Err(()), .. }));
-    assert_eq!(f.probe.one(&format!("SELECT status FROM users WHERE id = {a}")), Some("offline".into()));
+    assert_eq!(
+        f.probe
+            .one(&format!("SELECT status FROM users WHERE id = {a}")),
+        Some("offline".into())
+    );
     // The store recovers for the next batch.
     f.store.migrate().unwrap();
-    let res = run_batch(f.store.as_mut(), vec![msg(2, a, b, "kept", false)], &stamp());
+    let res = run_batch(
+        f.store.as_mut(),
+        vec![msg(2, a, b, "kept", false)],
+        &stamp(),
+    );
     assert_eq!(stored(&res[0]).content, "kept");
 }
 

@@ -152,7 +152,10 @@ impl H {
                     session: sid(s),
                     user: uid(u)
                 }),
-                Effect::Relay(RelayCmd::AllowUser { user: uid(u), ip: IP }),
+                Effect::Relay(RelayCmd::AllowUser {
+                    user: uid(u),
+                    ip: IP
+                }),
             ]
         );
         assert_eq!(self.backlog(s, u, vec![]), vec![]);
@@ -216,10 +219,17 @@ fn before_auth_every_command_is_refused() {
         "HANGUP",
         "MSG 2 hi",
     ] {
-        assert_eq!(h.line(1, l), vec![err(1, ErrorReply::NotAuthenticated)], "{l}");
+        assert_eq!(
+            h.line(1, l),
+            vec![err(1, ErrorReply::NotAuthenticated)],
+            "{l}"
+        );
     }
     // Lines that do not parse get their parse error; empty lines nothing.
-    assert_eq!(h.line(1, "CALL abc"), vec![err(1, ErrorReply::InvalidUserId)]);
+    assert_eq!(
+        h.line(1, "CALL abc"),
+        vec![err(1, ErrorReply::InvalidUserId)]
+    );
     assert_eq!(
         h.line(1, "PING"),
         vec![err(1, ErrorReply::UnknownCommand("PING".into()))]
@@ -245,13 +255,19 @@ fn auth_failure_then_success() {
         user: Err(()),
     }));
     assert_eq!(e, vec![err(1, ErrorReply::InvalidToken)]);
-    assert_eq!(h.line(1, "HANGUP"), vec![err(1, ErrorReply::NotAuthenticated)]);
+    assert_eq!(
+        h.line(1, "HANGUP"),
+        vec![err(1, ErrorReply::NotAuthenticated)]
+    );
     // Then the same session may authenticate.
     h.m.sessions.remove(&sid(1));
     h.login(1, 7);
     assert_eq!(h.m.online_count(), 1);
     // AUTH again on an authenticated session is refused.
-    assert_eq!(h.line(1, "AUTH tok7"), vec![err(1, ErrorReply::InvalidArguments)]);
+    assert_eq!(
+        h.line(1, "AUTH tok7"),
+        vec![err(1, ErrorReply::InvalidArguments)]
+    );
 }
 
 #[test]
@@ -276,7 +292,10 @@ fn lines_queue_while_auth_is_looked_up() {
                 session: sid(1),
                 user: uid(1)
             }),
-            Effect::Relay(RelayCmd::AllowUser { user: uid(1), ip: IP }),
+            Effect::Relay(RelayCmd::AllowUser {
+                user: uid(1),
+                ip: IP
+            }),
             Effect::Store(StoreJob::Heartbeat {
                 user: uid(1),
                 status: Some(Status::Away)
@@ -312,7 +331,10 @@ fn heartbeat_stores_status() {
             send(1, Reply::OkHeartbeat)
         ]
     );
-    assert_eq!(h.line(1, "HEARTBEAT sleeping"), vec![err(1, ErrorReply::InvalidStatus)]);
+    assert_eq!(
+        h.line(1, "HEARTBEAT sleeping"),
+        vec![err(1, ErrorReply::InvalidStatus)]
+    );
 }
 
 #[test]
@@ -326,7 +348,10 @@ fn idle_commands() {
     assert_eq!(h.line(1, "HANGUP"), vec![err(1, ErrorReply::NotInCall)]);
     assert_eq!(h.line(1, "CALL x"), vec![err(1, ErrorReply::InvalidUserId)]);
     assert_eq!(h.line(1, "CALL 0"), vec![err(1, ErrorReply::InvalidUserId)]);
-    assert_eq!(h.line(1, "MSG 2"), vec![err(1, ErrorReply::InvalidMsgFormat)]);
+    assert_eq!(
+        h.line(1, "MSG 2"),
+        vec![err(1, ErrorReply::InvalidMsgFormat)]
+    );
     assert_eq!(h.line(1, "MSG 2  "), vec![err(1, ErrorReply::EmptyMessage)]);
     assert_eq!(h.m.call_count(), 0);
 }
@@ -380,14 +405,20 @@ fn calling_and_ringing_states() {
     // Caller cancels.
     assert_eq!(
         h.line(1, "HANGUP"),
-        vec![send(2, Reply::Hangup { user: uid(1) }), send(1, Reply::OkHangup)]
+        vec![
+            send(2, Reply::Hangup { user: uid(1) }),
+            send(1, Reply::OkHangup)
+        ]
     );
     assert_eq!(h.line(2, "ACCEPT 1"), vec![err(2, ErrorReply::NoSuchCall)]);
     // Callee hangs up a ringing call: the caller gets HANGUP.
     h.ring(1, 1, 2, 2);
     assert_eq!(
         h.line(2, "HANGUP"),
-        vec![send(1, Reply::Hangup { user: uid(2) }), send(2, Reply::OkHangup)]
+        vec![
+            send(1, Reply::Hangup { user: uid(2) }),
+            send(2, Reply::OkHangup)
+        ]
     );
     assert_eq!(h.m.call_count(), 0);
 }
@@ -401,7 +432,10 @@ fn reject() {
     assert_eq!(h.line(2, "REJECT 3"), vec![err(2, ErrorReply::NoSuchCall)]);
     assert_eq!(
         h.line(2, "REJECT 1"),
-        vec![send(1, Reply::Rejected { callee: uid(2) }), send(2, Reply::OkRejected)]
+        vec![
+            send(1, Reply::Rejected { callee: uid(2) }),
+            send(2, Reply::OkRejected)
+        ]
     );
     assert_eq!(h.line(1, "HANGUP"), vec![err(1, ErrorReply::NotInCall)]);
     assert_eq!(h.m.call_count(), 0);
@@ -575,7 +609,10 @@ fn unauthenticated_connection_deadline() {
     h.line(2, "AUTH slow");
     assert_eq!(
         h.advance(Duration::from_secs(5)),
-        vec![Effect::Close { session: sid(1) }, Effect::Close { session: sid(2) }]
+        vec![
+            Effect::Close { session: sid(1) },
+            Effect::Close { session: sid(2) }
+        ]
     );
     // A late lookup answer for the closed session is ignored.
     assert_eq!(h.lookup(2, Some(9)), vec![]);
@@ -612,7 +649,10 @@ fn second_auth_kicks_the_first_session_only() {
                 session: sid(3),
                 user: uid(1)
             }),
-            Effect::Relay(RelayCmd::AllowUser { user: uid(1), ip: IP }),
+            Effect::Relay(RelayCmd::AllowUser {
+                user: uid(1),
+                ip: IP
+            }),
         ]
     );
     assert_eq!(h.backlog(3, 1, vec![]), vec![]);
@@ -634,7 +674,13 @@ fn msg_job(s: u64, seq: u64, from: u64, to: u64, text: &str, pending: bool) -> E
     }))
 }
 
-fn msg_done(s: u64, seq: u64, to: u64, pending: bool, r: Result<StoredMessage, MsgFailure>) -> Input {
+fn msg_done(
+    s: u64,
+    seq: u64,
+    to: u64,
+    pending: bool,
+    r: Result<StoredMessage, MsgFailure>,
+) -> Input {
     Input::Store(StoreResult::Msg {
         session: sid(s),
         seq,
@@ -649,13 +695,20 @@ fn message_to_online_user() {
     let mut h = H::new();
     h.login(1, 1);
     h.login(2, 2);
-    assert_eq!(h.line(1, "MSG 2 hi \"there\""), vec![msg_job(1, 1, 1, 2, "hi \"there\"", false)]);
+    assert_eq!(
+        h.line(1, "MSG 2 hi \"there\""),
+        vec![msg_job(1, 1, 1, 2, "hi \"there\"", false)]
+    );
     // Replies to session 1 wait behind the pending MSG.
     assert_eq!(h.line(1, "HANGUP"), vec![]);
     let m = msg(10, 1, 2, "hi \"there\"");
     assert_eq!(
         h.input(msg_done(1, 1, 2, false, Ok(m.clone()))),
-        vec![send(1, Reply::OkMsg), err(1, ErrorReply::NotInCall), msg_reply(2, &m)]
+        vec![
+            send(1, Reply::OkMsg),
+            err(1, ErrorReply::NotInCall),
+            msg_reply(2, &m)
+        ]
     );
 }
 
@@ -663,15 +716,30 @@ fn message_to_online_user() {
 fn message_failures() {
     let mut h = H::new();
     h.login(1, 1);
-    assert_eq!(h.line(1, "MSG 5 hello"), vec![msg_job(1, 1, 1, 5, "hello", true)]);
-    assert_eq!(h.line(1, "MSG 5 again"), vec![msg_job(1, 2, 1, 5, "again", true)]);
+    assert_eq!(
+        h.line(1, "MSG 5 hello"),
+        vec![msg_job(1, 1, 1, 5, "hello", true)]
+    );
+    assert_eq!(
+        h.line(1, "MSG 5 again"),
+        vec![msg_job(1, 2, 1, 5, "again", true)]
+    );
     // Completions in order; the second reply waits for the first.
-    assert_eq!(h.input(msg_done(1, 1, 5, true, Err(MsgFailure::UnknownRecipient))), vec![err(1, ErrorReply::InvalidUserId)]);
-    assert_eq!(h.input(msg_done(1, 2, 5, true, Err(MsgFailure::Database))), vec![err(1, ErrorReply::FailedToSend)]);
+    assert_eq!(
+        h.input(msg_done(1, 1, 5, true, Err(MsgFailure::UnknownRecipient))),
+        vec![err(1, ErrorReply::InvalidUserId)]
+    );
+    assert_eq!(
+        h.input(msg_done(1, 2, 5, true, Err(MsgFailure::Database))),
+        vec![err(1, ErrorReply::FailedToSend)]
+    );
     // Sender gone before the commit: nothing to send, nothing to deliver.
     h.line(1, "MSG 5 x");
     h.input(Input::Disconnected { session: sid(1) });
-    assert_eq!(h.input(msg_done(1, 3, 5, true, Ok(msg(3, 1, 5, "x")))), vec![]);
+    assert_eq!(
+        h.input(msg_done(1, 3, 5, true, Ok(msg(3, 1, 5, "x")))),
+        vec![]
+    );
 }
 
 #[test]
@@ -681,8 +749,14 @@ fn offline_delivery_in_order_once() {
     h.line(1, "MSG 2 one");
     h.line(1, "MSG 2 two");
     let (m1, m2) = (msg(1, 1, 2, "one"), msg(2, 1, 2, "two"));
-    assert_eq!(h.input(msg_done(1, 1, 2, true, Ok(m1.clone()))), vec![send(1, Reply::OkMsg)]);
-    assert_eq!(h.input(msg_done(1, 2, 2, true, Ok(m2.clone()))), vec![send(1, Reply::OkMsg)]);
+    assert_eq!(
+        h.input(msg_done(1, 1, 2, true, Ok(m1.clone()))),
+        vec![send(1, Reply::OkMsg)]
+    );
+    assert_eq!(
+        h.input(msg_done(1, 2, 2, true, Ok(m2.clone()))),
+        vec![send(1, Reply::OkMsg)]
+    );
     // User 2 logs in: the backlog is delivered, then marked delivered.
     h.connect(2);
     h.line(2, "AUTH tok2");
@@ -691,7 +765,10 @@ fn offline_delivery_in_order_once() {
     // online, so not pending) waits and goes out after the backlog.
     h.line(1, "MSG 2 three");
     let m3 = msg(3, 1, 2, "three");
-    assert_eq!(h.input(msg_done(1, 3, 2, false, Ok(m3.clone()))), vec![send(1, Reply::OkMsg)]);
+    assert_eq!(
+        h.input(msg_done(1, 3, 2, false, Ok(m3.clone()))),
+        vec![send(1, Reply::OkMsg)]
+    );
     assert_eq!(
         h.backlog(2, 2, vec![m1.clone(), m2.clone()]),
         vec![
@@ -716,7 +793,10 @@ fn pending_message_completing_during_fetch_is_not_duplicated() {
     h.lookup(2, Some(2));
     let m1 = msg(1, 1, 2, "one");
     // Queued while 2 was offline: the backlog fetch (queued later) has it.
-    assert_eq!(h.input(msg_done(1, 1, 2, true, Ok(m1.clone()))), vec![send(1, Reply::OkMsg)]);
+    assert_eq!(
+        h.input(msg_done(1, 1, 2, true, Ok(m1.clone()))),
+        vec![send(1, Reply::OkMsg)]
+    );
     assert_eq!(
         h.backlog(2, 2, vec![m1.clone()]),
         vec![

@@ -172,7 +172,9 @@ impl Store for MysqlStore {
             Ok(c.last_insert_id())
         });
         match r {
-            Ok(id) => UserId::new(id).ok_or_else(|| StoreError::Other("invalid new user id".into())),
+            Ok(id) => {
+                UserId::new(id).ok_or_else(|| StoreError::Other("invalid new user id".into()))
+            }
             Err(StoreError::Mysql(mysql::Error::MySqlError(e))) if e.code == 1062 => {
                 Err(StoreError::UserExists(username.to_owned()))
             }
@@ -182,9 +184,7 @@ impl Store for MysqlStore {
 
     fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
         let rows: Vec<(i64, String, Option<String>, Option<String>)> = self.with(|c| {
-            c.query(
-                "SELECT id, username, status, CAST(last_seen AS CHAR) FROM users ORDER BY id",
-            )
+            c.query("SELECT id, username, status, CAST(last_seen AS CHAR) FROM users ORDER BY id")
         })?;
         Ok(rows
             .into_iter()
@@ -289,7 +289,10 @@ impl Store for MysqlStore {
                 let mut params = Vec::with_capacity(n * 4);
                 for m in chunk {
                     params.push(Value::from(m.sender.get() as i64));
-                    params.push(Value::from(dm_channel_id(m.sender.get(), m.recipient.get())));
+                    params.push(Value::from(dm_channel_id(
+                        m.sender.get(),
+                        m.recipient.get(),
+                    )));
                     params.push(Value::from(m.content));
                     params.push(Value::from(at.db.as_str()));
                 }
@@ -364,6 +367,9 @@ mod tests {
 
     #[test]
     fn multi_row_sql() {
-        assert_eq!(values_sql("INSERT INTO t (a) VALUES ", "(?)", 3), "INSERT INTO t (a) VALUES (?),(?),(?)");
+        assert_eq!(
+            values_sql("INSERT INTO t (a) VALUES ", "(?)", 3),
+            "INSERT INTO t (a) VALUES (?),(?),(?)"
+        );
     }
 }

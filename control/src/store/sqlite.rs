@@ -122,9 +122,7 @@ impl Store for SqliteStore {
         let row: Option<(i64, String)> = st
             .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        Ok(row.and_then(|(id, username)| {
-            db_user_id(id).map(|id| UserRecord { id, username })
-        }))
+        Ok(row.and_then(|(id, username)| db_user_id(id).map(|id| UserRecord { id, username })))
     }
 
     fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
@@ -148,9 +146,9 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         match status {
             Some(s) => {
-                let mut st = self.conn.prepare_cached(
-                    "UPDATE users SET status = ?1, last_seen = ?2 WHERE id = ?3",
-                )?;
+                let mut st = self
+                    .conn
+                    .prepare_cached("UPDATE users SET status = ?1, last_seen = ?2 WHERE id = ?3")?;
                 for u in users {
                     st.execute(params![s.as_str(), at.db, u.get() as i64])?;
                 }

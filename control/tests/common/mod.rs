@@ -1,6 +1,6 @@
 //! Test support: a throwaway MariaDB database, the real binary on port 0,
 //! and a line client. Every read has a timeout; children die in Drop.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,7 +39,9 @@ impl TempMariaDb {
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         );
         let mut conn = mysql::Conn::new(whelm_control::store::mysql::opts(&admin, 1))
-            .unwrap_or_else(|e| panic!("{MARIADB_ENV} is set but MariaDB at {admin} is unreachable: {e}"));
+            .unwrap_or_else(|e| {
+                panic!("{MARIADB_ENV} is set but MariaDB at {admin} is unreachable: {e}")
+            });
         conn.query_drop(format!(
             "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         ))
@@ -150,9 +152,9 @@ impl Probe for MysqlProbe {
                         Value::UInt(i) => Some(i.to_string()),
                         Value::Float(f) => Some(f.to_string()),
                         Value::Double(f) => Some(f.to_string()),
-                        Value::Date(y, mo, d, h, mi, s, _) => Some(format!(
-                            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"
-                        )),
+                        Value::Date(y, mo, d, h, mi, s, _) => {
+                            Some(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"))
+                        }
                         Value::Time(..) => Some(format!("{v:?}")),
                     })
                     .collect()
@@ -264,13 +266,19 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn stderr(&mut self) -> String {
-        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -359,4 +367,22 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("whelm.db");
     (dir, p)
+}
+
+impl Client {
+    /// Reads lines until EOF or until `stop` is read (bounded by the read
+    /// timeout), returning them (without `stop`).
+    pub fn until_closed_or(&mut self, stop: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            match self.r.read_line(&mut l) {
+                Ok(0) => return lines,
+                Ok(_) if l.trim_end() == stop => return lines,
+                Ok(_) => lines.push(l.trim_end().to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return lines,
+                Err(e) => panic!("reading: {e}; read {lines:?}"),
+            }
+        }
+    }
 }
