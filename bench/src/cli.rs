@@ -1,6 +1,7 @@
 //! Command line: parses arguments and hands each subcommand to its module.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,8 +9,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use whelm_shared::ovp::StationId;
 
+use crate::pin;
+use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
 use crate::station_tx::InnerAddressing;
+use crate::{forwarder, scenario};
 
 /// Load harness, capacity search, and station/client tools of Whelm Voice.
 #[derive(Debug, Parser)]
@@ -24,6 +28,145 @@ enum Command {
     /// Interactive OVP text station: type lines to send them, `/ptt` for a
     /// voice burst; received messages print as `[CALL]: text`.
     Station(StationArgs),
+    /// The baseline alone: OVP conference load through the bench's built-in
+    /// one-thread recvmmsg/sendmmsg forwarder (static table).
+    Baseline(LoadArgs),
+    /// OVP conference load through the real whelm-relay (each engine asked
+    /// for) and, in the same invocation, the baseline forwarder.
+    Ovp(OvpArgs),
+    /// The baseline forwarder process (started by `baseline` and `ovp`).
+    #[command(hide = true)]
+    Forwarder(ForwarderArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Stations in the conference (distinct callsigns, one socket each).
+    #[arg(long, default_value_t = 10)]
+    stations: usize,
+    /// Share of the stations transmitting, (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    transmitting: f64,
+    /// Frames/s per transmitting station (OVP: 25) when --rate is not given.
+    #[arg(long, default_value_t = 25.0)]
+    rate_per_station: f64,
+    /// Total offered frames/s into the server, overriding stations x rate;
+    /// a comma-separated list gives several load points.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Measured window per run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up per run (excluded), seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Wait for stragglers after the last send, ms.
+    #[arg(long, default_value_t = 300)]
+    drain_ms: u64,
+    /// Repeats of every (load, target); the report gives medians and spread.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Cores of the server under test (relay --cores; the forwarder uses the first).
+    #[arg(long, default_value = "0")]
+    relay_cores: String,
+    /// Core of the load generator (default: the first allowed core the
+    /// server does not use).
+    #[arg(long)]
+    gen_core: Option<usize>,
+    /// Frames per sendmmsg call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Frame length in bytes (header + payload; 134 is a normal OVP frame).
+    #[arg(long, default_value_t = 134)]
+    frame_len: usize,
+    /// Directory for runs.jsonl, summary.json and report.svg.
+    #[arg(long, default_value = "whelm-bench-report")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct OvpArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Relay engine(s) to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    engine: EngineArg,
+    /// The whelm-relay binary (default: next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Measure a server already running at this address instead of starting
+    /// whelm-relay (no CPU or memory figures; it must reply to the source
+    /// address).
+    #[arg(long)]
+    server: Option<SocketAddrV4>,
+    /// Skip the baseline (the report then has no ratios).
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Uring,
+    Mmsg,
+    Both,
+}
+
+#[derive(Debug, Args)]
+struct ForwarderArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddrV4,
+    /// Core to pin to.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Stop after this many seconds even if stdin stays open.
+    #[arg(long, default_value_t = 3600)]
+    max_seconds: u64,
+}
+
+fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+        anyhow::bail!("{what} must be 0..=86400 seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn scenario(
+    name: &str,
+    a: &LoadArgs,
+    targets: Vec<TargetSpec>,
+    relay_bin: PathBuf,
+) -> anyhow::Result<OvpScenario> {
+    let server_cores = pin::parse_core_list(&a.relay_cores).map_err(anyhow::Error::msg)?;
+    if a.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+        anyhow::bail!("--rate values must be positive");
+    }
+    Ok(OvpScenario {
+        name: name.into(),
+        stations: a.stations,
+        transmitting: a.transmitting,
+        rate_per_station: a.rate_per_station,
+        rates: a.rate.clone(),
+        duration: secs(a.duration, "--duration")?,
+        warmup: secs(a.warmup, "--warmup")?,
+        drain: Duration::from_millis(a.drain_ms.min(60_000)),
+        repeat: a.repeat,
+        targets,
+        relay_bin,
+        gen_core: a.gen_core.or_else(|| pin::generator_core(&server_cores)),
+        server_cores,
+        batch: a.batch.clamp(1, 1024),
+        frame_len: a.frame_len,
+        out: a.out.clone(),
+    })
+}
+
+fn default_relay_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the whelm-bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the whelm-bench executable has no directory")?;
+    Ok(dir.join("whelm-relay"))
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +237,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 inner,
                 verbose: a.verbose,
             })
+        }
+        Command::Baseline(a) => scenario::run(&scenario(
+            "baseline",
+            &a,
+            vec![TargetSpec::Baseline],
+            PathBuf::new(),
+        )?),
+        Command::Ovp(a) => {
+            let mut targets = Vec::new();
+            if !a.no_baseline {
+                targets.push(TargetSpec::Baseline);
+            }
+            match a.server {
+                Some(addr) => targets.push(TargetSpec::External(addr)),
+                None => match a.engine {
+                    EngineArg::Uring => targets.push(TargetSpec::Relay("uring".into())),
+                    EngineArg::Mmsg => targets.push(TargetSpec::Relay("mmsg".into())),
+                    EngineArg::Both => {
+                        targets.push(TargetSpec::Relay("uring".into()));
+                        targets.push(TargetSpec::Relay("mmsg".into()));
+                    }
+                },
+            }
+            let relay_bin = match a.relay_bin {
+                Some(p) => p,
+                None => default_relay_bin()?,
+            };
+            if a.server.is_none() && !relay_bin.exists() {
+                anyhow::bail!(
+                    "no whelm-relay at {} (build it with `cargo build -p whelm-relay` or pass --relay-bin)",
+                    relay_bin.display()
+                );
+            }
+            scenario::run(&scenario("ovp", &a.load, targets, relay_bin)?)
+        }
+        Command::Forwarder(a) => {
+            forwarder::main(a.bind, a.core, Duration::from_secs(a.max_seconds))
         }
     }
 }

@@ -35,11 +35,22 @@
 //! `ovp_load` (pinned generator/receiver thread using `udp`, `probe`,
 //! `flows`, `latency`; `procstat` samples the target) -> `report`/`svg`.
 
+pub mod children;
 pub mod cli;
 pub mod clock;
 pub mod flows;
+pub mod forwarder;
 pub mod latency;
+pub mod machine;
+pub mod ovp_load;
+pub mod pin;
 pub mod probe;
+pub mod procstat;
+pub mod progress;
+pub mod report;
+pub mod scenario;
 pub mod station;
 pub mod station_tx;
+pub mod stats;
+pub mod svg;
 pub mod udp;

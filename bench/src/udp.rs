@@ -60,6 +60,20 @@ pub fn load_socket(bind: SocketAddrV4) -> io::Result<LoadSocket> {
     })
 }
 
+/// A plain socket with large buffers (the baseline forwarder's), blocking
+/// with a read timeout so its loop can check for shutdown.
+pub fn forwarder_socket(bind: SocketAddrV4, timeout: std::time::Duration) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(timeout))?;
+    if setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&sock, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    Ok(sock)
+}
+
 /// What one received datagram came with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecvMeta {
@@ -95,19 +109,23 @@ impl RecvBatch {
     /// One non-blocking `recvmmsg`. Returns how many datagrams arrived
     /// (0 when none was waiting).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, MsgFlags::MSG_DONTWAIT)
+    }
+
+    /// One `recvmmsg` on a blocking socket that waits for the first datagram
+    /// (up to the socket's `SO_RCVTIMEO`) and takes what else is queued.
+    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, MsgFlags::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: MsgFlags) -> io::Result<usize> {
         self.meta.clear();
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
             .bufs
             .iter_mut()
             .map(|b| [IoSliceMut::new(b.as_mut_slice())])
             .collect();
-        let res = match recvmmsg(
-            fd,
-            &mut self.hdrs,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        ) {
+        let res = match recvmmsg(fd, &mut self.hdrs, iovs.iter_mut(), flags, None) {
             Ok(r) => r,
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(0),
             Err(e) => return Err(io::Error::from(e)),

@@ -1,0 +1,204 @@
+//! The process under test: the real `whelm-relay`, or the bench's baseline
+//! forwarder (`whelm-bench forwarder`). Started with a piped stdin (the
+//! forwarder stops when it closes), waited for until it prints its ready
+//! line (`... ready: ovp=ADDR ...`), stopped with SIGTERM (then SIGKILL)
+//! when dropped.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Lines of the child's stderr kept for error messages.
+const STDERR_TAIL: usize = 30;
+/// How long a child gets to exit after SIGTERM.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// A running process under test.
+#[derive(Debug)]
+pub struct Target {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Its pid (for /proc sampling).
+    pub pid: u32,
+    /// The OVP address from its ready line.
+    pub ovp: SocketAddrV4,
+    /// The ready line as printed.
+    pub ready_line: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    what: String,
+}
+
+impl Target {
+    /// Starts `cmd`, writes `input` to its stdin (kept open), and waits up
+    /// to `timeout` for its ready line.
+    pub fn start(
+        mut cmd: Command,
+        what: &str,
+        input: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Target> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {what} ({cmd:?})"))?;
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = child.stderr.take() {
+            let tail = Arc::clone(&tail);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == STDERR_TAIL {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+            });
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<String>(16);
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                // Keep draining stdout after the ready line so the child
+                // never blocks on a full pipe.
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.try_send(line);
+                }
+            });
+        }
+        let mut target = Target {
+            child,
+            stdin,
+            pid,
+            ovp: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            ready_line: String::new(),
+            stderr_tail: tail,
+            what: what.to_string(),
+        };
+        // From here on, `target`'s Drop stops the child on every error.
+        if !input.is_empty() {
+            if let Some(w) = target.stdin.as_mut() {
+                w.write_all(input.as_bytes())
+                    .and_then(|()| w.flush())
+                    .with_context(|| format!("writing to the stdin of {what}"))?;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{what} printed no ready line within {timeout:?}; stderr:\n{}",
+                    target.stderr()
+                );
+            }
+            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => {
+                    if let Some(addr) = parse_ready(&line) {
+                        target.ovp = addr;
+                        target.ready_line = line;
+                        return Ok(target);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = target.child.try_wait() {
+                        bail!("{what} exited with {status}; stderr:\n{}", target.stderr());
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: wait for the exit status.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let status = target.child.try_wait().ok().flatten();
+                    bail!(
+                        "{what} closed stdout without a ready line (exit {status:?}); stderr:\n{}",
+                        target.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The child's stdin (the forwarder reads its table there).
+    pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
+        self.stdin.as_mut()
+    }
+
+    /// The last lines of the child's stderr.
+    pub fn stderr(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Whether the child is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        if !self.alive() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.what);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `ovp=ADDR` of a ready line (`... ready: ovp=127.0.0.1:40123 ...`).
+pub fn parse_ready(line: &str) -> Option<SocketAddrV4> {
+    if !line.contains(" ready: ") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("ovp="))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .and_then(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines() {
+        assert_eq!(
+            parse_ready("whelm-relay ready: ovp=127.0.0.1:40123 voice=127.0.0.1:5 engine=uring"),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(parse_ready("ovp=127.0.0.1:1"), None);
+        assert_eq!(parse_ready("x ready: voice=1.2.3.4:5"), None);
+    }
+}
