@@ -1,0 +1,483 @@
+//! Loopback tests of the real `whelm-relay` binary: the Opulent Voice
+//! conference on both engines (PROTOCOLS.md section 3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::{ENGINES, Station, fields, final_stats, is_sync, start, sync, vector_frames};
+use whelm_shared::ovp::HEADER_LEN;
+
+/// Own frames of station `i`: sizes from a bare header to 1500 bytes.
+fn own_frames(s: &Station, i: usize, count: usize) -> Vec<Vec<u8>> {
+    [12usize, 134, 400, 1500, 134, 60]
+        .iter()
+        .cycle()
+        .take(count)
+        .enumerate()
+        .map(|(k, &size)| {
+            let mut p: Vec<u8> = (0..size - HEADER_LEN)
+                .map(|j| (i * 31 + k * 7 + j) as u8)
+                .collect();
+            if let Some(b) = p.first_mut() {
+                *b = 0xEE; // never "SYNC"
+            }
+            s.frame(&p)
+        })
+        .collect()
+}
+
+/// `n` stations, each sending the vector frames of its callsign (the first
+/// three) and frames of its own, in interleaved rounds. Every other station
+/// must receive every frame byte-identical and in order; nobody receives its
+/// own. Returns the final stats.
+fn conference(engine: &str, n: usize, reply_to: &str, workers: &str) {
+    let Some(relay) = start(engine, &["--reply-to", reply_to, "--workers", workers]) else {
+        return;
+    };
+    let port = relay.ovp.port();
+    let vectors = vector_frames();
+    let mut stations = Vec::new();
+    let mut plans: Vec<Vec<Vec<u8>>> = Vec::new();
+    for i in 0..n {
+        let cs = match vectors.get(i) {
+            Some((cs, _)) => cs.clone(),
+            None => format!("T{i}EST"),
+        };
+        let bind = if reply_to == "listen-port" {
+            format!("127.0.0.{}:{port}", i + 2)
+        } else {
+            "127.0.0.1:0".to_string()
+        };
+        let s = Station::bind(&cs, &bind);
+        let mut plan = vectors.get(i).map(|(_, f)| f.clone()).unwrap_or_default();
+        plan.extend(own_frames(&s, i, 12));
+        stations.push(s);
+        plans.push(plan);
+    }
+    let refs: Vec<&Station> = stations.iter().collect();
+    sync(&refs, relay.ovp);
+
+    let total: usize = plans.iter().map(Vec::len).sum();
+    let receivers: Vec<_> = stations
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sock = s.sock.try_clone().unwrap();
+            let expect = total - plans[i].len();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while got.len() < expect && Instant::now() < deadline {
+                    if let Ok((len, _)) = sock.recv_from(&mut buf)
+                        && !is_sync(&buf[..len])
+                    {
+                        got.push(buf[..len].to_vec());
+                    }
+                }
+                // Anything extra (a duplicate, an own frame) shows up here.
+                let extra_deadline = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < extra_deadline {
+                    if let Ok((len, _)) = sock.recv_from(&mut buf)
+                        && !is_sync(&buf[..len])
+                    {
+                        got.push(buf[..len].to_vec());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let rounds = plans.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..rounds {
+        for (s, plan) in stations.iter().zip(&plans) {
+            if let Some(f) = plan.get(r) {
+                s.send(relay.ovp, f);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (i, h) in receivers.into_iter().enumerate() {
+        let got = h.join().unwrap();
+        let mut by_sender: HashMap<[u8; 6], Vec<Vec<u8>>> = HashMap::new();
+        for f in got {
+            by_sender
+                .entry(f[..6].try_into().unwrap())
+                .or_default()
+                .push(f);
+        }
+        let own: [u8; 6] = stations[i].id.to_bytes();
+        assert!(
+            !by_sender.contains_key(&own),
+            "{engine}: station {} received its own frames",
+            stations[i].callsign
+        );
+        for (j, s) in stations.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let got = by_sender.remove(&s.id.to_bytes()).unwrap_or_default();
+            assert_eq!(
+                got.len(),
+                plans[j].len(),
+                "{engine} {reply_to}: {} got {} of {} frames from {}",
+                stations[i].callsign,
+                got.len(),
+                plans[j].len(),
+                s.callsign
+            );
+            assert!(
+                got == plans[j],
+                "{engine}: frames from {} to {} differ or are out of order",
+                s.callsign,
+                stations[i].callsign
+            );
+        }
+        assert!(by_sender.is_empty(), "frames from unknown senders");
+    }
+    let err = relay.stop();
+    let st = final_stats(&err);
+    assert_eq!(st["decode_errors"], 0);
+    assert_eq!(st["tx_errors"], 0);
+    assert_eq!(st["active_stations"], n as u64);
+    assert!(st["frames_received"] >= total as u64);
+    assert!(st["frames_forwarded"] >= (total * (n - 1)) as u64);
+    for s in &stations {
+        assert!(
+            err.contains(&format!("NEW STATION: {} at 127.0.0.", s.callsign)),
+            "no NEW STATION line for {}",
+            s.callsign
+        );
+    }
+    if workers == "2" && n >= 10 {
+        let w0 = fields(&err, "worker id=0")["rx_packets"];
+        let w1 = fields(&err, "worker id=1")["rx_packets"];
+        assert!(
+            w0 > 0 && w1 > 0,
+            "{engine}: all {n} sources hashed to one worker ({w0}, {w1})"
+        );
+    }
+}
+
+#[test]
+fn three_stations_listen_port() {
+    for e in ENGINES {
+        conference(e, 3, "listen-port", "1");
+    }
+}
+
+#[test]
+fn three_stations_source() {
+    for e in ENGINES {
+        conference(e, 3, "source", "1");
+    }
+}
+
+#[test]
+fn ten_stations_listen_port_two_workers() {
+    for e in ENGINES {
+        conference(e, 10, "listen-port", "2");
+    }
+}
+
+#[test]
+fn ten_stations_source_two_workers() {
+    for e in ENGINES {
+        conference(e, 10, "source", "2");
+    }
+}
+
+#[test]
+fn garbage_dropped_and_counted_while_traffic_flows() {
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &["--reply-to", "source", "--workers", "1"]) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("KB5MU-11", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let http = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec();
+        let dns = vec![
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 7, b'e', b'x',
+            b'a', b'm', b'p', b'l', b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
+        ];
+        let short = b"hello".to_vec();
+        let mut wrong_token = a.frame(b"payload");
+        wrong_token[7] = 0;
+        let mut bad_b40 = vec![0, 0, 0, 0, 0, 40, 0xBB, 0xAA, 0xDD, 0, 0, 0];
+        bad_b40.extend_from_slice(&[1; 20]);
+        let mut zero = vec![0, 0, 0, 0, 0, 0, 0xBB, 0xAA, 0xDD, 0, 0, 0];
+        zero.extend_from_slice(&[1; 122]);
+        let garbage = [http, dns, short, wrong_token, bad_b40, zero];
+        let frames: Vec<Vec<u8>> = (0..30u8).map(|k| a.frame(&[0xEE, k])).collect();
+        for (k, f) in frames.iter().enumerate() {
+            a.send(relay.ovp, f);
+            junk.send_to(&garbage[k % garbage.len()], relay.ovp)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            match b.recv(Duration::from_secs(10)) {
+                Some(f) if !is_sync(&f) => got.push(f),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert!(got == frames, "{engine}: valid frames changed by garbage");
+        assert!(
+            a.recv(Duration::from_millis(300)).is_none(),
+            "garbage forwarded"
+        );
+        let st = final_stats(&relay.stop());
+        assert_eq!(st["decode_errors"], 30, "{engine}");
+        assert_eq!(st["drop_too_short"], 5);
+        assert_eq!(st["drop_bad_token"], 15);
+        assert_eq!(st["drop_bad_station_id"], 10);
+        assert_eq!(st["active_stations"], 2);
+    }
+}
+
+#[test]
+fn station_timeout_on_idle_server() {
+    for engine in ENGINES {
+        let Some(relay) = start(
+            engine,
+            &["--reply-to", "source", "-t", "3", "--allow-short-timeout"],
+        ) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        // Nothing arrives for a while: the idle server must still expire both.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while relay.stderr().matches("STATION TIMED OUT").count() < 2 {
+            assert!(Instant::now() < deadline, "no timeout:\n{}", relay.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Give the workers time to apply the removal (one tick).
+        std::thread::sleep(Duration::from_millis(500));
+        a.send(relay.ovp, &a.frame(&[0xEE, 1]));
+        let mut late = None;
+        while let Some(f) = b.recv(Duration::from_millis(1000)) {
+            if !is_sync(&f) {
+                late = Some(f);
+                break;
+            }
+        }
+        assert!(
+            late.is_none(),
+            "{engine}: a timed-out station still receives {late:?}\n{}",
+            relay.stderr()
+        );
+        let err = relay.stop();
+        assert!(err.contains("STATION TIMED OUT: K0K at 127.0.0.1:"));
+        let st = final_stats(&err);
+        assert_eq!(st["timed_out"], 2);
+        assert_eq!(st["active_stations"], 1);
+    }
+}
+
+#[test]
+fn address_change_is_followed() {
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &["--reply-to", "source", "--workers", "1"]) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        let a2 = Station::bind("W1AW", "127.0.0.1:0");
+        let moved = a2.frame(&[0xEE, 2]);
+        a2.send(relay.ovp, &moved);
+        assert_eq!(b.recv(Duration::from_secs(10)).as_deref(), Some(&moved[..]));
+        let reply = b.frame(&[0xEE, 3]);
+        b.send(relay.ovp, &reply);
+        assert_eq!(
+            a2.recv(Duration::from_secs(10)).as_deref(),
+            Some(&reply[..])
+        );
+        assert!(
+            a.recv(Duration::from_millis(500)).is_none(),
+            "old address still served"
+        );
+        let err = relay.stop();
+        let old = a.sock.local_addr().unwrap();
+        let new = a2.sock.local_addr().unwrap();
+        assert!(
+            err.contains(&format!("STATION MOVED: W1AW from {old} to {new}")),
+            "{err}"
+        );
+        assert_eq!(final_stats(&err)["active_stations"], 2);
+    }
+}
+
+#[test]
+fn rate_limit_drops_a_flood() {
+    for engine in ENGINES {
+        let Some(relay) = start(
+            engine,
+            &[
+                "--reply-to",
+                "source",
+                "--station-rate",
+                "10",
+                "--station-burst",
+                "5",
+            ],
+        ) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        std::thread::sleep(Duration::from_millis(800)); // refill the bucket
+        let frames: Vec<Vec<u8>> = (0..50u8).map(|k| a.frame(&[0xEE, k])).collect();
+        for f in &frames {
+            a.send(relay.ovp, f);
+        }
+        let mut got = Vec::new();
+        while let Some(f) = b.recv(Duration::from_millis(800)) {
+            if !is_sync(&f) {
+                got.push(f);
+            }
+        }
+        assert!(
+            (5..=10).contains(&got.len()),
+            "{engine}: {} of 50 passed a 10/s limit with burst 5",
+            got.len()
+        );
+        assert_eq!(
+            got[..],
+            frames[..got.len()],
+            "the first frames pass, in order"
+        );
+        let st = final_stats(&relay.stop());
+        assert!(st["rate_limited"] >= 50 - got.len() as u64, "{st:?}");
+    }
+}
+
+#[test]
+fn deny_list() {
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &["--reply-to", "source", "--deny", "K0K,VE7ABC/W1"])
+        else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("KB5MU-11", "127.0.0.1:0");
+        let denied = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        for k in 0..5u8 {
+            denied.send(relay.ovp, &denied.frame(&[0xEE, k]));
+        }
+        let f = a.frame(&[0xEE, 9]);
+        a.send(relay.ovp, &f);
+        assert_eq!(b.recv(Duration::from_secs(10)).as_deref(), Some(&f[..]));
+        assert!(
+            b.recv(Duration::from_millis(300)).is_none(),
+            "denied frame forwarded"
+        );
+        assert!(
+            denied.recv(Duration::from_millis(300)).is_none(),
+            "denied station served"
+        );
+        let err = relay.stop();
+        assert!(!err.contains("NEW STATION: K0K"));
+        let st = final_stats(&err);
+        assert_eq!(st["drop_denied"], 5);
+        assert_eq!(st["list_drops"], 5);
+        assert_eq!(st["active_stations"], 2);
+    }
+}
+
+#[test]
+fn voice_port_drops_unknown_sources() {
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &[]) else {
+            continue;
+        };
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        for _ in 0..4 {
+            s.send_to(b"HELLO 1", relay.voice).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        assert!(s.recv_from(&mut buf).is_err());
+        let st = final_stats(&relay.stop());
+        assert_eq!(st["drop_unknown_source"], 4, "{engine}");
+        assert_eq!(st["tx_packets"], 0);
+    }
+}
+
+#[test]
+fn dual_stack_bind() {
+    for engine in ENGINES {
+        let args = [
+            "--bind",
+            "::",
+            "-p",
+            "0",
+            "--voice-port",
+            "0",
+            "--engine",
+            engine,
+            "--reply-to",
+            "source",
+        ];
+        let relay = match common::try_start(&args) {
+            common::Start::Ok(r) => r,
+            common::Start::Failed(_, err)
+                if engine == "uring"
+                    && err.contains("io_uring setup failed")
+                    && std::env::var("WHELM_TEST_REQUIRE_URING").as_deref() != Ok("1") =>
+            {
+                eprintln!("NOTICE: skipping uring: {err}");
+                continue;
+            }
+            common::Start::Failed(c, err) => panic!("{c:?}: {err}"),
+        };
+        assert!(relay.ovp.is_ipv6(), "{}", relay.ready_line);
+        let target = format!("127.0.0.1:{}", relay.ovp.port()).parse().unwrap();
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], target);
+        let f = a.frame(&[0xEE; 1500 - HEADER_LEN]);
+        a.send(target, &f);
+        assert_eq!(b.recv(Duration::from_secs(10)).as_deref(), Some(&f[..]));
+        let err = relay.stop();
+        assert!(err.contains("NEW STATION: W1AW at 127.0.0.1:"), "{err}");
+    }
+}
+
+#[test]
+fn bind_failure_exits_nonzero_naming_the_address() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    match common::try_start(&["--bind", "127.0.0.1", "-p", &port, "--voice-port", "0"]) {
+        common::Start::Ok(_) => panic!("bound a taken port"),
+        common::Start::Failed(code, err) => {
+            assert!(matches!(code, Some(c) if c != 0), "{code:?}");
+            assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        }
+    }
+}
+
+#[test]
+fn timeout_below_minimum_is_refused() {
+    match common::try_start(&["-p", "0", "--voice-port", "0", "-t", "30"]) {
+        common::Start::Ok(_) => panic!("accepted -t 30"),
+        common::Start::Failed(code, err) => {
+            assert!(matches!(code, Some(c) if c != 0));
+            assert!(err.contains("minimum of 60"), "{err}");
+        }
+    }
+}
