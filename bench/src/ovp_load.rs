@@ -102,6 +102,14 @@ pub struct Outcome {
     pub target_cpu_ns: Option<u64>,
     /// RSS of the server at the end of the window, KiB.
     pub target_rss_kib: Option<u64>,
+    /// Time the server's threads waited for a CPU in the window, ns
+    /// (another process on its core).
+    pub target_wait_ns: Option<u64>,
+    /// Time the generator thread waited for a CPU in the window, ns.
+    pub gen_wait_ns: u64,
+    /// Drops of the server's receiving socket(s) over the run
+    /// (`/proc/net/udp`), if the server is on this host.
+    pub server_socket_drops: Option<u64>,
     /// Realtime clock moved against monotonic during the run, ns.
     pub clock_drift_ns: i64,
 }
@@ -280,6 +288,7 @@ impl<'a> Generator<'a> {
         }
         let mut events = vec![EpollEvent::empty(); 256];
 
+        let server_drops_start = procstat::udp_socket_drops(self.server.port()).ok();
         // 1. Join: one unmeasured frame per station.
         for i in 0..self.spec.stations {
             let mut f = self.templates[i].clone();
@@ -310,7 +319,9 @@ impl<'a> Generator<'a> {
         let total_ns = (end - start).max(1);
         let mut sent_sched = vec![0u64; t];
         let mut cpu_start = None;
+        let mut wait_start = None;
         let mut gen_cpu_start = 0;
+        let mut gen_wait_start = 0;
         let mut max_lag_ns = 0u64;
         let mut last_progress = 0u64;
         let mut window_start = warm_end;
@@ -324,7 +335,9 @@ impl<'a> Generator<'a> {
                 phase = Phase::Measured;
                 window_start = now;
                 cpu_start = target_pid.and_then(|p| procstat::cpu_ns(p).ok());
+                wait_start = target_pid.and_then(|p| procstat::run_queue_wait_ns(p).ok());
                 gen_cpu_start = procstat::thread_cpu_ns().unwrap_or(0);
+                gen_wait_start = procstat::thread_run_queue_wait_ns().unwrap_or(0);
             }
             if now - last_progress > 250_000_000 {
                 last_progress = now;
@@ -356,6 +369,15 @@ impl<'a> Generator<'a> {
             _ => None,
         };
         let target_rss_kib = target_pid.and_then(|p| procstat::rss_kib(p).ok());
+        let target_wait_ns = match (wait_start, target_pid) {
+            (Some(a), Some(p)) => procstat::run_queue_wait_ns(p)
+                .ok()
+                .map(|b| b.saturating_sub(a)),
+            _ => None,
+        };
+        let gen_wait_ns = procstat::thread_run_queue_wait_ns()
+            .unwrap_or(0)
+            .saturating_sub(gen_wait_start);
         let gen_cpu_ns = procstat::thread_cpu_ns()
             .unwrap_or(0)
             .saturating_sub(gen_cpu_start);
@@ -371,6 +393,12 @@ impl<'a> Generator<'a> {
             }
         }
         progress(1.0);
+        let server_socket_drops = match (server_drops_start, target_pid) {
+            (Some(a), Some(_)) => procstat::udp_socket_drops(self.server.port())
+                .ok()
+                .map(|b| b.saturating_sub(a)),
+            _ => None,
+        };
         let totals = self.flows.totals(&self.sent_measured, |s, r| s != r);
         let drift = self.offset.drift_ns(RealtimeOffset::measure());
         Ok(Outcome {
@@ -388,6 +416,9 @@ impl<'a> Generator<'a> {
             pin_error,
             target_cpu_ns,
             target_rss_kib,
+            target_wait_ns,
+            gen_wait_ns,
+            server_socket_drops,
             clock_drift_ns: drift.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
         })
     }

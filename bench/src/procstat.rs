@@ -53,6 +53,62 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// Time the threads of process `pid` spent runnable but waiting for a CPU
+/// (second field of `/proc/<pid>/task/*/schedstat`), in ns: how much a
+/// neighbour on the same core took from it. Summed over its threads.
+pub fn run_queue_wait_ns(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0u64;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let path = e
+            .with_context(|| format!("listing {dir}"))?
+            .path()
+            .join("schedstat");
+        // A thread may exit between the listing and the read.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            total += parse_schedstat_wait(&s).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// Run-queue wait of the calling thread, ns.
+pub fn thread_run_queue_wait_ns() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("reading /proc/thread-self/schedstat")?;
+    parse_schedstat_wait(&s).context("parsing /proc/thread-self/schedstat")
+}
+
+/// `run_ns wait_ns slices` -> wait_ns.
+pub fn parse_schedstat_wait(s: &str) -> Option<u64> {
+    s.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Receive-queue drops of every UDP socket bound to local `port` (IPv4,
+/// `/proc/net/udp`, last column), summed: the server's own socket
+/// overflowing, which is the server's loss, not the bench's.
+pub fn udp_socket_drops(port: u16) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
+    Ok(parse_udp_drops(&s, port))
+}
+
+/// Sums the drops column of the lines whose local port is `port`.
+pub fn parse_udp_drops(table: &str, port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = f.get(1)?;
+            if !local.ends_with(&want) {
+                return None;
+            }
+            f.last()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Resident set size of process `pid` in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -88,5 +144,14 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         cpu_ns(me).unwrap();
         thread_cpu_ns().unwrap();
+        run_queue_wait_ns(me).unwrap();
+        thread_run_queue_wait_ns().unwrap();
+        assert_eq!(parse_schedstat_wait("5 7 9\n"), Some(7));
+        let udp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                   1: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17\n\
+                   2: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 3\n\
+                   3: 0100007F:9C41 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 5\n";
+        assert_eq!(parse_udp_drops(udp, 0x9C40), 20);
+        udp_socket_drops(1).unwrap();
     }
 }

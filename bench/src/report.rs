@@ -29,6 +29,8 @@ pub struct GeneratorInfo {
     pub max_lag_ms: f64,
     /// Generator thread CPU / wall time in the window.
     pub cpu_util: f64,
+    /// Share of the window the generator waited for its CPU (neighbours).
+    pub cpu_wait_ratio: f64,
 }
 
 /// One measured run.
@@ -82,10 +84,17 @@ pub struct RunRecord {
     pub target_cpu_util: Option<f64>,
     /// Server RSS at the end of the window, KiB.
     pub target_rss_kib: Option<u64>,
+    /// Share of the window the server's threads waited for a CPU: other
+    /// processes on its core. Above a few percent the run measured the
+    /// neighbours as much as the server.
+    pub target_cpu_wait_ratio: Option<f64>,
     /// The generator.
     pub generator: GeneratorInfo,
     /// Datagrams the bench's own sockets dropped (SO_RXQ_OVFL).
     pub bench_drops: u64,
+    /// Datagrams the server's socket(s) dropped on arrival (its receive
+    /// queue overflowed: the server did not keep up), from /proc/net/udp.
+    pub server_socket_drops: Option<u64>,
     /// Datagrams that were not this run's probes.
     pub stray: u64,
     /// Neither generator- nor receiver-bound: the figures are the target's.
@@ -138,6 +147,8 @@ pub struct Summary {
     pub cpu_ns_per_forwarded: Spread,
     /// RSS, KiB.
     pub rss_kib: Spread,
+    /// Share of the window the server waited for its CPU (neighbours).
+    pub server_cpu_wait: Spread,
     /// Medians as a ratio to the baseline at the same load (target / baseline).
     pub vs_baseline: Option<Ratios>,
 }
@@ -196,6 +207,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<Summary> {
                 max_ns: f(&|r| r.latency_ns.max as f64),
                 cpu_ns_per_forwarded: f(&|r| r.cpu_ns_per_forwarded.unwrap_or(f64::NAN)),
                 rss_kib: f(&|r| r.target_rss_kib.map_or(f64::NAN, |v| v as f64)),
+                server_cpu_wait: f(&|r| r.target_cpu_wait_ratio.unwrap_or(f64::NAN)),
                 vs_baseline: None,
             }
         })
@@ -234,7 +246,7 @@ pub fn table(summaries: &[Summary]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<4} {:<12} {:>10} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "{:<4} {:<12} {:>10} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>6}",
         "load",
         "target",
         "offered/s",
@@ -247,13 +259,14 @@ pub fn table(summaries: &[Summary]) -> String {
         "cpu ns/f",
         "cpu/b",
         "p99/b",
+        "wait%",
         "runs"
     );
     for s in summaries {
         let r = s.vs_baseline;
         let _ = writeln!(
             t,
-            "{:<4} {:<12} {:>10.0} {:>11.0} {:>8.4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+            "{:<4} {:<12} {:>10.0} {:>11.0} {:>8.4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6} {:>6}",
             s.load_index,
             s.target,
             s.offered_rate,
@@ -270,6 +283,11 @@ pub fn table(summaries: &[Summary]) -> String {
             },
             x(r.and_then(|r| r.cpu_per_forwarded)),
             x(r.and_then(|r| r.p99)),
+            if s.server_cpu_wait.n == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}", s.server_cpu_wait.median * 100.0)
+            },
             if s.bench_bound_runs > 0 {
                 format!("{}!{}", s.runs, s.bench_bound_runs)
             } else {
@@ -280,7 +298,8 @@ pub fn table(summaries: &[Summary]) -> String {
     let _ = writeln!(
         t,
         "medians over runs; cpu ns/f = server utime+stime per forwarded copy; /b = ratio to the \
-         baseline forwarder at the same load; runs N!M = M runs bench-bound (excluded)"
+         baseline forwarder at the same load; wait% = share of the window the server waited for \
+         its core (other processes: noise); runs N!M = M runs bench-bound (excluded)"
     );
     let spreads: Vec<String> = summaries
         .iter()

@@ -329,6 +329,10 @@ fn record(
             .filter(|_| o.window_ns > 0)
             .map(|c| c as f64 / o.window_ns as f64),
         target_rss_kib: o.target_rss_kib,
+        target_cpu_wait_ratio: o
+            .target_wait_ns
+            .filter(|_| o.window_ns > 0)
+            .map(|w| w as f64 / o.window_ns as f64),
         generator: GeneratorInfo {
             core: spec.gen_core,
             pin_error: o.pin_error.clone(),
@@ -339,8 +343,14 @@ fn record(
             } else {
                 0.0
             },
+            cpu_wait_ratio: if o.window_ns > 0 {
+                o.gen_wait_ns as f64 / o.window_ns as f64
+            } else {
+                0.0
+            },
         },
         bench_drops: o.bench_drops,
+        server_socket_drops: o.server_socket_drops,
         stray: o.stray,
         valid: !generator_bound && o.bench_drops == 0,
         server_cores: match target {
