@@ -13,7 +13,7 @@ use crate::pin;
 use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
 use crate::station_tx::InnerAddressing;
-use crate::{forwarder, scenario};
+use crate::{client, forwarder, scenario};
 
 /// Load harness, capacity search, and station/client tools of Whelm Voice.
 #[derive(Debug, Parser)]
@@ -28,6 +28,9 @@ enum Command {
     /// Interactive OVP text station: type lines to send them, `/ptt` for a
     /// voice burst; received messages print as `[CALL]: text`.
     Station(StationArgs),
+    /// Interactive Whelm client for the control line protocol: /call ID,
+    /// /accept, /hangup, /msg ID text; server lines print unchanged.
+    Client(ClientArgs),
     /// The baseline alone: OVP conference load through the bench's built-in
     /// one-thread recvmmsg/sendmmsg forwarder (static table).
     Baseline(LoadArgs),
@@ -37,6 +40,22 @@ enum Command {
     /// The baseline forwarder process (started by `baseline` and `ovp`).
     #[command(hide = true)]
     Forwarder(ForwarderArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Session token (`whelm-control --db PATH user add NAME` prints one).
+    #[arg(long, env = "WHELM_TOKEN")]
+    token: String,
+    /// Control server, HOST[:PORT] (port 5000 by default).
+    #[arg(long, short = 's', default_value = "127.0.0.1:5000")]
+    server: String,
+    /// Seconds between HEARTBEATs (the server drops silent sessions after 30 s).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// After stdin ends, keep reading this long before exiting.
+    #[arg(long, default_value_t = 500)]
+    linger_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +257,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verbose: a.verbose,
             })
         }
+        Command::Client(a) => client::run(&client::ClientOptions {
+            server: client::resolve_server(&a.server)?,
+            token: a.token,
+            heartbeat: Duration::from_secs(a.heartbeat_secs.clamp(1, 3600)),
+            linger: Duration::from_millis(a.linger_ms),
+        }),
         Command::Baseline(a) => scenario::run(&scenario(
             "baseline",
             &a,

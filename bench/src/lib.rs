@@ -4,6 +4,7 @@
 //! Tools (interactive, also scriptable through pipes):
 //! - [`station`]: an OVP text station (`whelm-bench station`); its frames
 //!   are built by [`station_tx`] with whelm-shared's framing.
+//! - [`client`]: a Whelm control-protocol client (`whelm-bench client`).
 //!
 //! Measurement core (no scenario knowledge):
 //! - [`probe`]: the sequence number and send timestamp every load packet
@@ -37,6 +38,7 @@
 
 pub mod children;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod flows;
 pub mod forwarder;
