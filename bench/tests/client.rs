@@ -23,13 +23,25 @@ fn add_user(db: &str, name: &str) -> String {
         .args(["--db", db, "user", "add", name])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn client(server: &str, token: &str) -> (Proc, String) {
     let mut cmd = Command::new(bench_bin());
-    cmd.args(["client", "--server", server, "--token", token, "--linger-ms", "200"]);
+    cmd.args([
+        "client",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--linger-ms",
+        "200",
+    ]);
     let p = Proc::start(cmd);
     let auth = p.wait_out("OK AUTH ", 10);
     let id = auth.split_whitespace().nth(2).unwrap().to_string();
