@@ -27,7 +27,8 @@ pub struct Target {
     stdin: Option<ChildStdin>,
     /// Its pid (for /proc sampling).
     pub pid: u32,
-    /// The OVP address from its ready line.
+    /// The address from its ready line (`ovp=` of a relay or the
+    /// forwarder, `listen=` of whelm-control).
     pub ovp: SocketAddrV4,
     /// The ready line as printed.
     pub ready_line: String,
@@ -37,11 +38,22 @@ pub struct Target {
 
 impl Target {
     /// Starts `cmd`, writes `input` to its stdin (kept open), and waits up
-    /// to `timeout` for its ready line.
+    /// to `timeout` for its ready line (with an `ovp=ADDR`).
     pub fn start(
+        cmd: Command,
+        what: &str,
+        input: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Target> {
+        Target::start_with_key(cmd, what, input, "ovp=", timeout)
+    }
+
+    /// As [`Target::start`], the address read from `key` (e.g. `listen=`).
+    pub fn start_with_key(
         mut cmd: Command,
         what: &str,
         input: &str,
+        key: &str,
         timeout: Duration,
     ) -> anyhow::Result<Target> {
         cmd.stdin(Stdio::piped())
@@ -104,7 +116,7 @@ impl Target {
             }
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
-                    if let Some(addr) = parse_ready(&line) {
+                    if let Some(addr) = parse_ready(&line, key) {
                         target.ovp = addr;
                         target.ready_line = line;
                         return Ok(target);
@@ -174,13 +186,13 @@ impl Drop for Target {
     }
 }
 
-/// The `ovp=ADDR` of a ready line (`... ready: ovp=127.0.0.1:40123 ...`).
-pub fn parse_ready(line: &str) -> Option<SocketAddrV4> {
+/// The `<key>ADDR` of a ready line (`... ready: ovp=127.0.0.1:40123 ...`).
+pub fn parse_ready(line: &str, key: &str) -> Option<SocketAddrV4> {
     if !line.contains(" ready: ") {
         return None;
     }
     line.split_whitespace()
-        .find_map(|w| w.strip_prefix("ovp="))
+        .find_map(|w| w.strip_prefix(key))
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .and_then(|a| match a {
             SocketAddr::V4(v4) => Some(v4),
@@ -195,10 +207,17 @@ mod tests {
     #[test]
     fn ready_lines() {
         assert_eq!(
-            parse_ready("whelm-relay ready: ovp=127.0.0.1:40123 voice=127.0.0.1:5 engine=uring"),
+            parse_ready(
+                "whelm-relay ready: ovp=127.0.0.1:40123 voice=127.0.0.1:5 engine=uring",
+                "ovp="
+            ),
             Some("127.0.0.1:40123".parse().unwrap())
         );
-        assert_eq!(parse_ready("ovp=127.0.0.1:1"), None);
-        assert_eq!(parse_ready("x ready: voice=1.2.3.4:5"), None);
+        assert_eq!(
+            parse_ready("whelm-control ready: listen=127.0.0.1:9 store=x", "listen="),
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        assert_eq!(parse_ready("ovp=127.0.0.1:1", "ovp="), None);
+        assert_eq!(parse_ready("x ready: voice=1.2.3.4:5", "ovp="), None);
     }
 }

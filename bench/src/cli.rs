@@ -13,7 +13,7 @@ use crate::pin;
 use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
 use crate::station_tx::InnerAddressing;
-use crate::{client, forwarder, scenario};
+use crate::{client, forwarder, im, scenario};
 
 /// Load harness, capacity search, and station/client tools of Whelm Voice.
 #[derive(Debug, Parser)]
@@ -37,6 +37,8 @@ enum Command {
     /// OVP conference load through the real whelm-relay (each engine asked
     /// for) and, in the same invocation, the baseline forwarder.
     Ovp(OvpArgs),
+    /// Instant messages through the real whelm-control with the chosen store.
+    Im(ImArgs),
     /// The baseline forwarder process (started by `baseline` and `ovp`).
     #[command(hide = true)]
     Forwarder(ForwarderArgs),
@@ -56,6 +58,38 @@ struct ClientArgs {
     /// After stdin ends, keep reading this long before exiting.
     #[arg(long, default_value_t = 500)]
     linger_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct ImArgs {
+    /// Sender/recipient pairs (two sessions each).
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    /// Total messages/s over all senders.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Measured window per run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up per run (excluded), seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Wait for stragglers, ms.
+    #[arg(long, default_value_t = 2000)]
+    drain_ms: u64,
+    /// Repeats.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// The whelm-control binary (default: next to this executable).
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Store: SQLite path or MariaDB DSN (default: a temporary SQLite file).
+    /// Users named wbim... are added to it.
+    #[arg(long)]
+    db: Option<String>,
+    /// Directory for im-runs.jsonl.
+    #[arg(long, default_value = "whelm-bench-report")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -180,12 +214,13 @@ fn scenario(
     })
 }
 
-fn default_relay_bin() -> anyhow::Result<PathBuf> {
+/// A binary next to this executable (target/<profile>/).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the whelm-bench executable")?;
     let dir = exe
         .parent()
         .context("the whelm-bench executable has no directory")?;
-    Ok(dir.join("whelm-relay"))
+    Ok(dir.join(name))
 }
 
 #[derive(Debug, Args)]
@@ -287,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let relay_bin = match a.relay_bin {
                 Some(p) => p,
-                None => default_relay_bin()?,
+                None => sibling("whelm-relay")?,
             };
             if a.server.is_none() && !relay_bin.exists() {
                 anyhow::bail!(
@@ -296,6 +331,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             scenario::run(&scenario("ovp", &a.load, targets, relay_bin)?)
+        }
+        Command::Im(a) => {
+            let control_bin = match a.control_bin {
+                Some(p) => p,
+                None => sibling("whelm-control")?,
+            };
+            if !control_bin.exists() {
+                anyhow::bail!(
+                    "no whelm-control at {} (build it with `cargo build -p whelm-control` or pass --control-bin)",
+                    control_bin.display()
+                );
+            }
+            im::run(&im::ImScenario {
+                pairs: a.pairs,
+                rate: a.rate,
+                duration: secs(a.duration, "--duration")?,
+                warmup: secs(a.warmup, "--warmup")?,
+                drain: Duration::from_millis(a.drain_ms.min(60_000)),
+                repeat: a.repeat,
+                control_bin,
+                db: a.db,
+                out: a.out,
+            })
         }
         Command::Forwarder(a) => {
             forwarder::main(a.bind, a.core, Duration::from_secs(a.max_seconds))

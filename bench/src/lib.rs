@@ -31,6 +31,8 @@
 //!   warm up, send paced probe frames; the receiver accounts every copy.
 //! - [`scenario`]: `baseline` and `ovp`: load points x targets x repeats,
 //!   summaries and ratios to the baseline of the same invocation.
+//! - [`im`]: instant messages through the real whelm-control and its
+//!   store: delivery and ack latency, loss, control CPU per message.
 //!
 //! Flow of a run: `cli` -> `scenario` -> (`children` starts the target) ->
 //! `ovp_load` (pinned generator/receiver thread using `udp`, `probe`,
@@ -42,6 +44,7 @@ pub mod client;
 pub mod clock;
 pub mod flows;
 pub mod forwarder;
+pub mod im;
 pub mod latency;
 pub mod machine;
 pub mod ovp_load;

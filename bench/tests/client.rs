@@ -85,3 +85,36 @@ fn two_clients_call_message_and_hang_up() {
     alice.finish(10);
     bob.finish(10);
 }
+
+#[test]
+fn im_counts_are_exact_on_a_small_run() {
+    let control = control_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bench_bin())
+        .args(["im", "--pairs", "3", "--rate", "60", "--duration", "1"])
+        .args(["--warmup", "0.2", "--repeat", "1", "--control-bin"])
+        .arg(&control)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("im-runs.jsonl")).unwrap();
+    let run: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let sent = run["sent"].as_u64().unwrap();
+    assert!((50..=70).contains(&sent), "{run}");
+    assert_eq!(run["acked"].as_u64().unwrap(), sent, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    assert_eq!(run["totals"]["expected"].as_u64().unwrap(), sent, "{run}");
+    assert_eq!(run["totals"]["received"].as_u64().unwrap(), sent, "{run}");
+    assert_eq!(run["totals"]["lost"], 0, "{run}");
+    assert_eq!(run["totals"]["duplicated"], 0, "{run}");
+    assert!(
+        run["store"].as_str().unwrap().starts_with("sqlite"),
+        "{run}"
+    );
+}
