@@ -135,6 +135,10 @@ struct LoadArgs {
     /// Directory for runs.jsonl, summary.json and report.svg.
     #[arg(long, default_value = "whelm-bench-report")]
     out: PathBuf,
+    /// A run where the server or the generator waited for its core more than
+    /// this share of the window (other processes) is excluded as contended.
+    #[arg(long, default_value_t = 0.05)]
+    max_wait: f64,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +215,7 @@ fn scenario(
         batch: a.batch.clamp(1, 1024),
         frame_len: a.frame_len,
         out: a.out.clone(),
+        max_wait: a.max_wait,
     })
 }
 

@@ -97,7 +97,12 @@ pub struct RunRecord {
     pub server_socket_drops: Option<u64>,
     /// Datagrams that were not this run's probes.
     pub stray: u64,
-    /// Neither generator- nor receiver-bound: the figures are the target's.
+    /// The server or generator waited for its core more than the allowed
+    /// share of the window (`--max-wait`): neighbours were measured too.
+    pub contended: bool,
+    /// Not generator-bound, no bench socket drops, not contended: the
+    /// figures are the server's. Summaries use valid runs only (all runs
+    /// when none is valid, marked in the table).
     pub valid: bool,
     /// Cores of the server.
     pub server_cores: Vec<usize>,
@@ -129,7 +134,7 @@ pub struct Summary {
     pub offered_forward_rate: f64,
     /// Runs summarised (valid ones; all of them if none is valid).
     pub runs: usize,
-    /// Runs flagged generator- or receiver-bound.
+    /// Runs excluded: generator-bound, bench socket drops, or contended.
     pub bench_bound_runs: usize,
     /// Copies/s received.
     pub forwarded_rate: Spread,
@@ -299,7 +304,8 @@ pub fn table(summaries: &[Summary]) -> String {
         t,
         "medians over runs; cpu ns/f = server utime+stime per forwarded copy; /b = ratio to the \
          baseline forwarder at the same load; wait% = share of the window the server waited for \
-         its core (other processes: noise); runs N!M = M runs bench-bound (excluded)"
+         its core (other processes: noise); runs N!M = M more runs excluded (bench-bound or \
+         contended; if all were, N counts them)"
     );
     let spreads: Vec<String> = summaries
         .iter()

@@ -38,7 +38,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Baseline => BASELINE.into(),
             TargetSpec::Relay(e) => format!("relay-{e}"),
-            TargetSpec::External(a) => format!("server-{a}"),
+            TargetSpec::External(_) => "external".into(),
         }
     }
 }
@@ -78,6 +78,9 @@ pub struct OvpScenario {
     pub frame_len: usize,
     /// Report directory.
     pub out: PathBuf,
+    /// Largest share of the window the server or generator may wait for
+    /// its core before the run counts as contended (excluded).
+    pub max_wait: f64,
 }
 
 impl OvpScenario {
@@ -265,6 +268,14 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server or the generator waited for its core longer than `max_wait`
+/// of the window: other processes shared the core, and the run measured
+/// them as much as the server.
+fn contended(o: &Outcome, max_wait: f64) -> bool {
+    let w = o.window_ns.max(1) as f64;
+    o.target_wait_ns.is_some_and(|t| t as f64 / w > max_wait) || o.gen_wait_ns as f64 / w > max_wait
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record(
     sc: &OvpScenario,
@@ -352,7 +363,8 @@ fn record(
         bench_drops: o.bench_drops,
         server_socket_drops: o.server_socket_drops,
         stray: o.stray,
-        valid: !generator_bound && o.bench_drops == 0,
+        contended: contended(&o, sc.max_wait),
+        valid: !generator_bound && o.bench_drops == 0 && !contended(&o, sc.max_wait),
         server_cores: match target {
             TargetSpec::External(_) => Vec::new(),
             _ => sc.server_cores.clone(),

@@ -13,8 +13,9 @@ const PAD_L: f64 = 70.0;
 const PAD_R: f64 = 20.0;
 const PAD_T: f64 = 40.0;
 const PAD_B: f64 = 50.0;
-const COLORS: [&str; 8] = [
+const COLORS: [&str; 12] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22", "#000000", "#aec7e8",
 ];
 /// Quantile axis top: 99.999%.
 const MAX_NINES: f64 = 5.0;
