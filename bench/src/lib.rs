@@ -1,6 +1,8 @@
 //! `whelm-bench`: the load harness of Whelm Voice and its station/client
 //! tools for people.
 //!
+//! [`cli`] parses the command line and hands each subcommand to its module.
+//!
 //! Tools (interactive, also scriptable through pipes):
 //! - [`station`]: an OVP text station (`whelm-bench station`); its frames
 //!   are built by [`station_tx`] with whelm-shared's framing.
@@ -14,8 +16,9 @@
 //!   lost, reordered, duplicated. [`latency`]: hdrhistogram percentiles.
 //! - [`udp`]: sockets for load (large buffers, `SO_TIMESTAMPNS`,
 //!   `SO_RXQ_OVFL`) and batched `sendmmsg`/`recvmmsg` through nix.
-//! - [`procstat`]: CPU time (utime+stime) and RSS of a process from /proc;
-//!   [`pin`]: CPU affinity of the generator thread.
+//! - [`procstat`]: from /proc, a process's CPU time (utime+stime), RSS,
+//!   run-queue wait (schedstat: neighbours on its core) and its UDP
+//!   socket's drops; [`pin`]: CPU affinity of the generator thread.
 //! - [`stats`]: medians and spread over repeats; [`machine`]: git commit,
 //!   nproc, kernel, CPU model.
 //! - [`report`]: the stdout table and JSON lines; [`svg`]: the latency CDF

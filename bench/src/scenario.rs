@@ -229,8 +229,16 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
     print!("{}", report::table(&summaries));
     for r in runs.iter().filter(|r| !r.valid) {
         println!(
-            "bench-bound: load {} {} #{}: achieved {:.0}/s of {:.0}/s offered, {} bench socket drops",
-            r.load_index, r.target, r.repeat, r.achieved_send_rate, r.offered_rate, r.bench_drops
+            "excluded: load {} {} #{}: achieved {:.0}/s of {:.0}/s offered, {} bench socket drops, \
+             server waited {:.0}% and generator {:.0}% of the window for their cores",
+            r.load_index,
+            r.target,
+            r.repeat,
+            r.achieved_send_rate,
+            r.offered_rate,
+            r.bench_drops,
+            r.target_cpu_wait_ratio.unwrap_or(0.0) * 100.0,
+            r.generator.cpu_wait_ratio * 100.0
         );
     }
     report::write_files(&sc.out, &runs, &summaries)?;
