@@ -15,7 +15,8 @@ use crate::station::{self, StationOptions};
 use crate::station_tx::InnerAddressing;
 use crate::{client, forwarder, im, scenario};
 
-/// Load harness, capacity search, and station/client tools of Whelm Voice.
+/// Load harness (real relay and control processes over loopback, ratios to a
+/// built-in baseline) and station/client tools of Whelm Voice.
 #[derive(Debug, Parser)]
 #[command(name = "whelm-bench", version)]
 pub struct Cli {
