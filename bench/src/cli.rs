@@ -12,8 +12,8 @@ use whelm_shared::ovp::StationId;
 use crate::pin;
 use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
-use crate::station_tx::InnerAddressing;
 use crate::{client, forwarder, im, scenario};
+use whelm_shared::station::InnerAddressing;
 
 /// Load harness (real relay and control processes over loopback, ratios to a
 /// built-in baseline) and station/client tools of Whelm Voice.

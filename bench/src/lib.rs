@@ -5,7 +5,8 @@
 //!
 //! Tools (interactive, also scriptable through pipes):
 //! - [`station`]: an OVP text station (`whelm-bench station`); its frames
-//!   are built by [`station_tx`] with whelm-shared's framing.
+//!   are built by `whelm_shared::station::Outgoing`, its voice by
+//!   [`station_tx::synthetic_opus`].
 //! - [`client`]: a Whelm control-protocol client (`whelm-bench client`).
 //!
 //! Measurement core (no scenario knowledge):

@@ -27,7 +27,8 @@ use anyhow::{Context, bail};
 use whelm_shared::ovp::{self, FRAME_LEN, HEADER_LEN, StationId};
 use whelm_shared::station::{Message, Reassembler};
 
-use crate::station_tx::{InnerAddressing, StationTx, synthetic_opus};
+use crate::station_tx::synthetic_opus;
+use whelm_shared::station::{InnerAddressing, Outgoing};
 
 /// One 40 ms voice frame interval (25 frames/s, PROTOCOLS.md section 3).
 const VOICE_INTERVAL: Duration = Duration::from_millis(40);
@@ -198,7 +199,7 @@ fn receive_loop(sock: &UdpSocket, stop: &AtomicBool, verbose: bool) -> anyhow::R
 }
 
 fn input_loop(opts: &StationOptions, sock: &UdpSocket) -> anyhow::Result<()> {
-    let mut tx = StationTx::new(opts.callsign, opts.inner);
+    let mut tx = Outgoing::with_addressing(opts.callsign, opts.inner);
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let line = line.context("reading stdin")?;
@@ -237,7 +238,7 @@ fn input_loop(opts: &StationOptions, sock: &UdpSocket) -> anyhow::Result<()> {
 }
 
 /// `PTT_START`, `n` voice frames 40 ms apart, `PTT_STOP`.
-fn ptt_burst(tx: &mut StationTx, sock: &UdpSocket, to: SocketAddr, n: u32) -> anyhow::Result<()> {
+fn ptt_burst(tx: &mut Outgoing, sock: &UdpSocket, to: SocketAddr, n: u32) -> anyhow::Result<()> {
     send_all(sock, to, &tx.control("PTT_START"))?;
     let start = Instant::now();
     for i in 0..n {
@@ -271,7 +272,7 @@ mod tests {
     #[test]
     fn screen_shows_text_control_and_counts_voice() {
         let id = StationId::encode("KB5MU-11").unwrap();
-        let mut tx = StationTx::new(id, InnerAddressing::from_seed(5));
+        let mut tx = Outgoing::with_addressing(id, InnerAddressing::from_seed(5));
         let mut s = Screen::new();
         let mut lines = Vec::new();
         for f in tx.text("hello everyone") {

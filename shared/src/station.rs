@@ -291,14 +291,38 @@ pub fn frames_for_packet(station: StationId, packet: &[u8]) -> Vec<[u8; FRAME_LE
         .collect()
 }
 
+/// The inner IPv4/UDP addressing of one station's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerAddressing {
+    /// IPv4 source (the reference station uses 127.0.0.1).
+    pub src: Ipv4Addr,
+    /// IPv4 destination (the reference station uses 10.0.0.1).
+    pub dst: Ipv4Addr,
+    /// UDP source port.
+    pub src_port: u16,
+    /// IPv4 identification of the first packet; incremented per packet.
+    pub first_ident: u16,
+}
+
+impl InnerAddressing {
+    /// The reference station's addresses with a source port and first id
+    /// derived from `seed`, so that two stations differ.
+    pub fn from_seed(seed: u32) -> InnerAddressing {
+        InnerAddressing {
+            src: Ipv4Addr::LOCALHOST,
+            dst: Ipv4Addr::new(10, 0, 0, 1),
+            src_port: 49152 | (seed as u16 & 0x3FFF),
+            first_ident: (seed >> 8) as u16,
+        }
+    }
+}
+
 /// Builds station traffic with the reference's conventions: incrementing
 /// IPv4 ids, one RTP stream with 40 ms steps, control marked TOS 0xC0.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     station: StationId,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    src_port: u16,
+    inner: InnerAddressing,
     ident: u16,
     rtp_seq: u16,
     rtp_timestamp: u32,
@@ -307,26 +331,36 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A sender for `station`. `seed` varies the ids and the RTP stream.
+    /// A sender for `station` with addressing derived from `seed`.
     pub fn new(station: StationId, seed: u32) -> Outgoing {
+        Outgoing::with_addressing(station, InnerAddressing::from_seed(seed))
+    }
+
+    /// A sender for `station` with the given inner addressing (to reproduce
+    /// a capture byte for byte).
+    pub fn with_addressing(station: StationId, inner: InnerAddressing) -> Outgoing {
+        let seed = (u32::from(inner.src_port) << 16) | u32::from(inner.first_ident);
         Outgoing {
             station,
-            src: Ipv4Addr::LOCALHOST,
-            dst: Ipv4Addr::new(10, 0, 0, 1),
-            src_port: 49152 | (seed as u16 & 0x3FFF),
-            ident: seed as u16,
-            rtp_seq: (seed >> 16) as u16,
-            rtp_timestamp: seed.rotate_left(7),
+            inner,
+            ident: inner.first_ident,
+            rtp_seq: seed as u16,
+            rtp_timestamp: seed.rotate_left(11),
             ssrc: seed ^ 0x9988_CF36,
             talking: false,
         }
     }
 
+    /// The station this sender speaks for.
+    pub fn station(&self) -> StationId {
+        self.station
+    }
+
     fn next(&mut self, dst_port: u16, tos: u8, data: &[u8]) -> Vec<[u8; FRAME_LEN]> {
         let a = Addressing {
-            src: self.src,
-            dst: self.dst,
-            src_port: self.src_port,
+            src: self.inner.src,
+            dst: self.inner.dst,
+            src_port: self.inner.src_port,
             dst_port,
             ident: self.ident,
             tos,
