@@ -19,8 +19,8 @@ pub struct Cli {
     /// [default: WHELM_DB_DSN if set, else whelm.db].
     #[arg(long, value_name = "PATH-or-URL", global = true)]
     pub db: Option<String>,
-    /// The relay's command socket (the link arrives with issue 5; relay
-    /// commands are dropped until then).
+    /// The relay's command socket (its --control-socket). Control serves
+    /// without it and keeps retrying; none: no relay.
     #[arg(long, value_name = "PATH")]
     pub relay_socket: Option<PathBuf>,
     /// Close a session without HEARTBEAT for this long [default: 30].

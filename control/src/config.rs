@@ -69,7 +69,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The store.
     pub db: DbTarget,
-    /// The relay's command socket (the link itself is issue 5).
+    /// The relay's command socket (relay_link.rs connects to it).
     pub relay_socket: Option<PathBuf>,
     /// State machine limits and timers.
     pub machine: MachineConfig,

@@ -1,9 +1,11 @@
 //! The values that cross between the state machine and the rest: what it is
 //! told ([`Input`]), what it asks for ([`Effect`]), the store jobs and their
-//! results, the relay commands. Plain data, no behaviour.
+//! results, the relay requests and what the relay link reports. Plain data, no behaviour.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+pub use whelm_shared::channel::Command as RelayCommand;
+use whelm_shared::channel::Outcome;
 use whelm_shared::line::{Command, LineError, Reply, Status, UserId};
 
 /// One TCP connection, numbered by the network thread from 1 upwards and
@@ -39,12 +41,14 @@ pub enum Input {
     Store(StoreResult),
     /// Time passed (the runtime sends it every tick, traffic or not).
     Tick,
+    /// The relay link reported something.
+    Relay(RelayInput),
     /// SIGTERM/SIGINT: mark everyone offline and close every session.
     Shutdown,
 }
 
 /// What the state machine asks the runtime to do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Queue a line to a session.
     Send {
@@ -60,38 +64,47 @@ pub enum Effect {
     },
     /// A job for the store workers.
     Store(StoreJob),
-    /// A command for the relay link.
-    Relay(RelayCmd),
+    /// A request for the relay link, with the id its reply will carry.
+    Relay {
+        /// Chosen by the machine, increasing; echoed in [`RelayInput::Reply`].
+        id: u64,
+        /// The command.
+        cmd: RelayCommand,
+    },
 }
 
-/// Forwarding changes for the relay (ARCHITECTURE.md: command channel).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RelayCmd {
-    /// `user` authenticated from `ip`; the relay accepts its HELLO from there.
-    AllowUser {
+/// What the relay link reports (relay_link.rs turns channel messages into
+/// these; the machine decides what they mean).
+#[derive(Debug)]
+pub enum RelayInput {
+    /// The handshake with the relay succeeded. The machine answers with its
+    /// sync request (Snapshot before it adopted one, ReplaceAll after).
+    Connected,
+    /// The connection is gone; every request not answered yet never will be.
+    /// Sent after every reply read from that connection.
+    Disconnected,
+    /// The answer to the request with this id.
+    Reply {
+        /// The id the machine gave the request.
+        id: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// A valid HELLO registered this voice address for `user`.
+    VoiceRegistered {
         /// The user.
         user: UserId,
-        /// Its control connection's address.
-        ip: IpAddr,
+        /// Its voice address.
+        addr: SocketAddr,
     },
-    /// `user` is gone; forget its voice address.
-    RevokeUser {
-        /// The user.
-        user: UserId,
-    },
-    /// `a` and `b` are in a call: forward between their voice addresses.
-    InstallCall {
-        /// Caller.
-        a: UserId,
-        /// Callee.
-        b: UserId,
-    },
-    /// The call between `a` and `b` ended.
-    RemoveCall {
-        /// Caller.
-        a: UserId,
-        /// Callee.
-        b: UserId,
+    /// Bandwidth in use over the last second (bits per second; limit 0 = none).
+    Counters {
+        /// Received.
+        bps_in: u64,
+        /// Sent.
+        bps_out: u64,
+        /// The relay's limit each way.
+        bps_limit: u64,
     },
 }
 

@@ -12,7 +12,9 @@
 //! - [`store`]: the `Store` trait with SQLite ([`store::sqlite`]) and
 //!   MariaDB ([`store::mysql`]) backends, and the [`store::worker`] thread
 //!   that group-commits queued jobs and answers the machine with inputs.
-//! - [`relay_link`]: where relay commands go (dropped until issue 5).
+//! - [`relay_link`]: the thread that owns the relay's command socket:
+//!   sends the machine's requests, feeds replies and events back as
+//!   [`jobs::Input::Relay`]; reconnects with backoff.
 //! - [`runtime`]: starts the threads and runs the machine loop and its tick.
 //! - [`config`], [`cli`], [`dsn`]: settings, the command line, DSN parsing.
 //! - [`jobs`]: the plain data passed between all of the above.

@@ -3,7 +3,7 @@
 //! ```text
 //!  network thread ──Input──▶ machine thread ──StoreJob──▶ store worker
 //!   (mio, net.rs)  ◀─NetCmd── (machine/)     ◀──Input─────  (store/worker.rs)
-//!        ▲  Waker                 │ RelayCmd
+//!        ▲  Waker                 │ (id, Command) ▲ Input::Relay
 //!        └────────────────────────┘──────────▶ relay link (relay_link.rs)
 //!  signal thread ──Input::Shutdown──▶ machine thread
 //! ```
@@ -107,9 +107,8 @@ pub fn serve(
             }
         })
         .context("spawning the signal thread")?;
+    let relay = RelayLink::start(cfg.relay_socket.clone(), in_tx.clone())?;
     drop(in_tx);
-
-    let relay = RelayLink::new(cfg.relay_socket.clone());
     ready(local, &describe, &relay.describe());
 
     let machine = Machine::new(cfg.machine.clone());
@@ -191,17 +190,16 @@ fn machine_loop(
                 Effect::Store(job) => {
                     let _ = jobs.send(job);
                 }
-                Effect::Relay(cmd) => relay.send(cmd),
+                Effect::Relay { id, cmd } => relay.send(id, cmd),
             }
         }
         if wake {
             let _ = waker.wake();
         }
     }
-    tracing::info!(
-        sessions = machine.session_count(),
-        relay_commands_dropped = relay.dropped(),
-        "machine stopped"
-    );
+    tracing::info!(sessions = machine.session_count(), "machine stopped");
+    // The relay keeps its state: a control restart or upgrade drops no
+    // call; the next start adopts the relay's snapshot.
+    relay.stop();
     drop(jobs);
 }

@@ -10,20 +10,29 @@
 //! `docs` of [`Machine::handle`]; the scenario tests in `tests.rs` cover it.
 //!
 //! Replies to one session leave in the order of its commands: a reply queued
-//! behind a `MSG` whose commit is pending waits for that `OK MSG`.
+//! behind a `MSG` whose commit is pending waits for that `OK MSG`, and one
+//! queued behind a relay request (`START_CALL` behind `InstallCall`,
+//! `HANGUP`/`OK HANGUP` behind `RemoveCall`) waits for the relay's reply.
+//! The relay side (requests, adoption, resync, grace) is in [`relay`].
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use whelm_shared::line::{Command, ErrorReply, LineError, MessageJson, Reply, UserId};
 
+use whelm_shared::channel::UserEntry;
+
 use crate::jobs::{
-    Effect, Input, MsgFailure, MsgJob, RelayCmd, SessionId, StoreJob, StoreResult, StoredMessage,
+    Effect, Input, MsgFailure, MsgJob, RelayCommand, SessionId, StoreJob, StoreResult,
+    StoredMessage,
 };
 
+mod relay;
 #[cfg(test)]
 mod tests;
+
+use relay::{Pending, PendingKind};
 
 /// Limits and timers of the machine.
 #[derive(Clone, Debug)]
@@ -73,6 +82,8 @@ struct Bucket {
 enum Held {
     /// The `MSG` with this sequence number is not committed yet.
     Msg(u64),
+    /// This reply goes once the relay answered the request with this id.
+    Relay(u64, Reply),
     /// Ready to go once everything before it has gone.
     Ready(Reply),
 }
@@ -90,6 +101,9 @@ enum Backlog {
 struct Authed {
     user: UserId,
     username: String,
+    /// The session token it authenticated with (the relay accepts
+    /// `HELLO <id> <token>` with it).
+    token: String,
     last_heartbeat: Instant,
     backlog: Backlog,
 }
@@ -97,7 +111,8 @@ struct Authed {
 #[derive(Debug)]
 enum AuthState {
     New,
-    Looking(VecDeque<Result<Command, LineError>>),
+    /// The token being looked up, and the lines queued meanwhile.
+    Looking(String, VecDeque<Result<Command, LineError>>),
     Authed(Authed),
 }
 
@@ -160,6 +175,28 @@ pub struct Machine {
     /// Ringing calls in order with their expiry.
     ring_deadlines: VecDeque<(Instant, u64)>,
     next_heartbeat_check: Option<Instant>,
+    /// Whether the relay link is up (written by [`RelayInput`]s). While it is
+    /// down no request is emitted: the resync after the reconnect covers it.
+    ///
+    /// [`RelayInput`]: crate::jobs::RelayInput
+    relay_up: bool,
+    /// A relay snapshot was adopted (or was not needed): later reconnects
+    /// send ReplaceAll; before that, a connect asks for a Snapshot.
+    adopted: bool,
+    next_relay_id: u64,
+    /// Relay requests not answered yet, and who holds replies behind them.
+    pending: HashMap<u64, Pending>,
+    /// Users adopted from a relay snapshot whose client has not come back
+    /// (no session); their relay entry and calls stay until the grace
+    /// deadline.
+    detached: HashMap<UserId, UserEntry>,
+    /// Grace deadlines of detached users, in adoption order.
+    grace_deadlines: VecDeque<(Instant, UserId)>,
+    /// Voice addresses the relay reported (VoiceRegistered) or a snapshot
+    /// held, per authenticated or detached user: re-installed by ReplaceAll.
+    voice: HashMap<UserId, SocketAddr>,
+    /// The relay's last counters: (bps_in, bps_out, bps_limit).
+    bandwidth: Option<(u64, u64, u64)>,
 }
 
 impl Machine {
@@ -176,6 +213,14 @@ impl Machine {
             auth_deadlines: VecDeque::new(),
             ring_deadlines: VecDeque::new(),
             next_heartbeat_check: None,
+            relay_up: false,
+            adopted: false,
+            next_relay_id: 1,
+            pending: HashMap::new(),
+            detached: HashMap::new(),
+            grace_deadlines: VecDeque::new(),
+            voice: HashMap::new(),
+            bandwidth: None,
         }
     }
 
@@ -212,6 +257,7 @@ impl Machine {
             Input::Disconnected { session } => self.end_session(session, End::Gone, out),
             Input::Store(r) => self.store_result(now, r, out),
             Input::Tick => self.tick(now, out),
+            Input::Relay(r) => self.relay_input(now, r, out),
             Input::Shutdown => self.shutdown(out),
         }
     }
@@ -297,7 +343,7 @@ impl Machine {
             return;
         };
         let user = match &mut s.auth {
-            AuthState::Looking(q) => {
+            AuthState::Looking(_, q) => {
                 if q.len() < max_queued {
                     q.push_back(line);
                 } else {
@@ -318,7 +364,7 @@ impl Machine {
         let Some(user) = user else {
             match cmd {
                 Command::Auth { token } => {
-                    s.auth = AuthState::Looking(VecDeque::new());
+                    s.auth = AuthState::Looking(token.clone(), VecDeque::new());
                     out.push(Effect::Store(StoreJob::Lookup { session, token }));
                 }
                 _ => self.err(session, ErrorReply::NotAuthenticated, out),
@@ -393,6 +439,8 @@ impl Machine {
             Some(ErrorReply::UserBusy)
         } else if self.calls.len() >= self.cfg.max_calls {
             Some(ErrorReply::AtCapacity)
+        } else if self.bandwidth_exceeded() {
+            Some(ErrorReply::BandwidthExceeded)
         } else {
             None
         };
@@ -443,9 +491,13 @@ impl Machine {
         if let Some(c) = self.calls.get_mut(&key) {
             c.state = CallState::Active;
         }
+        // START_CALL waits for the relay's Ok: when a client hears it, its
+        // voice is forwarded (same rule as HANGUP after RemoveCall).
+        let id = self.install_call(caller, user, false, out);
         let (cname, uname) = (self.username(caller), self.username(user));
         if let Some(cs) = self.session_of(caller) {
-            self.send(
+            self.send_after(
+                id,
                 cs,
                 Reply::StartCall {
                     partner: user,
@@ -454,7 +506,8 @@ impl Machine {
                 out,
             );
         }
-        self.send(
+        self.send_after(
+            id,
             session,
             Reply::StartCall {
                 partner: caller,
@@ -462,7 +515,6 @@ impl Machine {
             },
             out,
         );
-        out.push(Effect::Relay(RelayCmd::InstallCall { a: caller, b: user }));
     }
 
     fn reject(&mut self, session: SessionId, user: UserId, caller: UserId, out: &mut Vec<Effect>) {
@@ -484,32 +536,36 @@ impl Machine {
         Some(c)
     }
 
-    /// Ends `user`'s call (if any): the partner gets `HANGUP <user>`.
-    fn end_call_of(&mut self, user: UserId, out: &mut Vec<Effect>) -> bool {
-        let Some(key) = self.in_call.get(&user).copied() else {
-            return false;
-        };
-        let Some(c) = self.remove_call(key) else {
-            return false;
+    /// Ends `user`'s call (if any): an installed call is removed from the
+    /// relay and the partner's `HANGUP <user>` waits for the relay's Ok.
+    /// `None`: not in a call; `Some(id)`: ended, replies about it wait for
+    /// relay request `id` (if any).
+    fn end_call_of(&mut self, user: UserId, out: &mut Vec<Effect>) -> Option<Option<u64>> {
+        let key = self.in_call.get(&user).copied()?;
+        let c = self.remove_call(key)?;
+        let id = if c.state == CallState::Active {
+            self.request(
+                RelayCommand::RemoveCall(whelm_shared::channel::CallEntry {
+                    a: c.caller,
+                    b: c.callee,
+                }),
+                PendingKind::Other,
+                out,
+            )
+        } else {
+            None
         };
         let partner = c.partner(user);
         if let Some(ps) = self.session_of(partner) {
-            self.send(ps, Reply::Hangup { user }, out);
+            self.send_after(id, ps, Reply::Hangup { user }, out);
         }
-        if c.state == CallState::Active {
-            out.push(Effect::Relay(RelayCmd::RemoveCall {
-                a: c.caller,
-                b: c.callee,
-            }));
-        }
-        true
+        Some(id)
     }
 
     fn hangup(&mut self, session: SessionId, user: UserId, out: &mut Vec<Effect>) {
-        if self.end_call_of(user, out) {
-            self.send(session, Reply::OkHangup, out);
-        } else {
-            self.err(session, ErrorReply::NotInCall, out);
+        match self.end_call_of(user, out) {
+            Some(id) => self.send_after(id, session, Reply::OkHangup, out),
+            None => self.err(session, ErrorReply::NotInCall, out),
         }
     }
 
@@ -527,8 +583,10 @@ impl Machine {
                     out.push(Effect::Store(StoreJob::Offline {
                         users: vec![a.user],
                     }));
+                    self.revoke(a.user, out);
                 }
-                out.push(Effect::Relay(RelayCmd::RevokeUser { user: a.user }));
+                // Kicked: the new session's AllowUser replaces the entry;
+                // revoking here would remove what the new session needs.
             }
             if let Backlog::Fetching(buf) = a.backlog {
                 for m in buf {
@@ -572,8 +630,8 @@ impl Machine {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        let queued = match std::mem::replace(&mut s.auth, AuthState::New) {
-            AuthState::Looking(q) => q,
+        let (token, queued) = match std::mem::replace(&mut s.auth, AuthState::New) {
+            AuthState::Looking(t, q) => (t, q),
             other => {
                 s.auth = other;
                 return;
@@ -590,6 +648,7 @@ impl Machine {
                         s.auth = AuthState::Authed(Authed {
                             user: rec.id,
                             username: rec.username.clone(),
+                            token: token.clone(),
                             last_heartbeat: now,
                             backlog: Backlog::Fetching(Vec::new()),
                         });
@@ -598,6 +657,9 @@ impl Machine {
                     None => return,
                 };
                 self.users.insert(rec.id, session);
+                // A user adopted from the relay's snapshot is back: attached
+                // again, still in its call.
+                self.detached.remove(&rec.id);
                 self.send(
                     session,
                     Reply::OkAuth {
@@ -610,7 +672,7 @@ impl Machine {
                     session,
                     user: rec.id,
                 }));
-                out.push(Effect::Relay(RelayCmd::AllowUser { user: rec.id, ip }));
+                self.allow_user(rec.id, ip, token, out);
             }
             Ok(None) | Err(()) => self.err(session, ErrorReply::InvalidToken, out),
         }
@@ -732,6 +794,7 @@ impl Machine {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.grace_tick(now, out);
         while let Some(&(deadline, session)) = self.auth_deadlines.front() {
             if deadline > now {
                 break;

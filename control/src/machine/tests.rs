@@ -1,16 +1,19 @@
 //! Scenario tests of the sans-IO machine: every command in every state, the
 //! exact effects, and nothing left over.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use whelm_shared::channel::{CallEntry, ErrorCode, Outcome, State, UserEntry};
 use whelm_shared::line::{Command, ErrorReply, LineError, MessageJson, Reply, Status, UserId};
 
 use super::{Machine, MachineConfig};
 use crate::jobs::{
-    Effect, Input, MsgFailure, MsgJob, RelayCmd, SessionId, StoreJob, StoreResult, StoredMessage,
-    UserRecord,
+    Effect, Input, MsgFailure, MsgJob, RelayCommand, RelayInput, SessionId, StoreJob, StoreResult,
+    StoredMessage, UserRecord,
 };
+
+mod relay;
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 
@@ -30,6 +33,54 @@ struct H {
     m: Machine,
     now: Instant,
     out: Vec<Effect>,
+    /// The id the machine's next relay request must carry.
+    next_id: u64,
+}
+
+fn relay(id: u64, cmd: RelayCommand) -> Effect {
+    Effect::Relay { id, cmd }
+}
+
+fn entry(u: u64, ip: IpAddr) -> UserEntry {
+    UserEntry {
+        user: uid(u),
+        ip,
+        token: Some(format!("tok{u}")),
+        voice: None,
+    }
+}
+
+fn allow(id: u64, u: u64) -> Effect {
+    relay(id, RelayCommand::AllowUser(entry(u, IP)))
+}
+
+fn revoke(id: u64, u: u64) -> Effect {
+    relay(id, RelayCommand::RevokeUser { user: uid(u) })
+}
+
+fn call_entry(a: u64, b: u64) -> CallEntry {
+    CallEntry {
+        a: uid(a),
+        b: uid(b),
+    }
+}
+
+fn install(id: u64, a: u64, b: u64) -> Effect {
+    relay(id, RelayCommand::InstallCall(call_entry(a, b)))
+}
+
+fn remove(id: u64, a: u64, b: u64) -> Effect {
+    relay(id, RelayCommand::RemoveCall(call_entry(a, b)))
+}
+
+fn start_call(s: u64, partner: u64) -> Effect {
+    send(
+        s,
+        Reply::StartCall {
+            partner: uid(partner),
+            username: name(partner),
+        },
+    )
 }
 
 fn send(s: u64, reply: Reply) -> Effect {
@@ -73,16 +124,57 @@ impl H {
         })
     }
 
+    /// A machine whose relay link is up and has adopted an empty snapshot.
     fn with(cfg: MachineConfig) -> H {
+        let mut h = H::unlinked(cfg);
+        assert_eq!(
+            h.input(Input::Relay(RelayInput::Connected)),
+            vec![relay(1, RelayCommand::Snapshot)]
+        );
+        h.next_id = 2;
+        assert_eq!(
+            h.reply(1, Outcome::Snapshot(State::default())),
+            vec![],
+            "an empty snapshot adopts nothing"
+        );
+        h
+    }
+
+    /// A machine with no relay link (none configured, or not up yet).
+    fn unlinked(cfg: MachineConfig) -> H {
         let now = Instant::now();
         let mut h = H {
             m: Machine::new(cfg),
             now,
             out: Vec::new(),
+            next_id: 1,
         };
         // The first tick arms the heartbeat check.
         h.input(Input::Tick);
         h
+    }
+
+    /// Reserves the next `n` relay request ids; returns the first.
+    fn ids(&mut self, n: u64) -> u64 {
+        let first = self.next_id;
+        self.next_id += n;
+        first
+    }
+
+    fn reply(&mut self, id: u64, outcome: Outcome) -> Vec<Effect> {
+        self.input(Input::Relay(RelayInput::Reply { id, outcome }))
+    }
+
+    fn ok(&mut self, id: u64) -> Vec<Effect> {
+        self.reply(id, Outcome::Ok)
+    }
+
+    /// Nothing is waiting for the relay.
+    fn settled(&self) {
+        assert!(self.m.pending.is_empty(), "{:?}", self.m.pending);
+        for (id, s) in &self.m.sessions {
+            assert!(s.held.is_empty(), "session {id:?} holds {:?}", s.held);
+        }
     }
 
     fn input(&mut self, i: Input) -> Vec<Effect> {
@@ -128,8 +220,10 @@ impl H {
         }))
     }
 
-    /// Connects session `s` and authenticates it as user `u` (empty backlog).
+    /// Connects session `s` and authenticates it as user `u` (empty
+    /// backlog); the relay acknowledges the AllowUser.
     fn login(&mut self, s: u64, u: u64) {
+        let id = self.ids(1);
         self.connect(s);
         assert_eq!(
             self.line(s, &format!("AUTH tok{u}")),
@@ -152,12 +246,10 @@ impl H {
                     session: sid(s),
                     user: uid(u)
                 }),
-                Effect::Relay(RelayCmd::AllowUser {
-                    user: uid(u),
-                    ip: IP
-                }),
+                allow(id, u),
             ]
         );
+        assert_eq!(self.ok(id), vec![]);
         assert_eq!(self.backlog(s, u, vec![]), vec![]);
     }
 
@@ -178,31 +270,15 @@ impl H {
         );
     }
 
+    /// Rings and accepts; START_CALL goes once the relay installed the call.
     fn in_call(&mut self, s: u64, from: u64, ts: u64, to: u64) {
         self.ring(s, from, ts, to);
+        let id = self.ids(1);
         assert_eq!(
             self.line(ts, &format!("ACCEPT {from}")),
-            vec![
-                send(
-                    s,
-                    Reply::StartCall {
-                        partner: uid(to),
-                        username: name(to)
-                    }
-                ),
-                send(
-                    ts,
-                    Reply::StartCall {
-                        partner: uid(from),
-                        username: name(from)
-                    }
-                ),
-                Effect::Relay(RelayCmd::InstallCall {
-                    a: uid(from),
-                    b: uid(to)
-                }),
-            ]
+            vec![install(id, from, to)]
         );
+        assert_eq!(self.ok(id), vec![start_call(s, to), start_call(ts, from)]);
     }
 }
 
@@ -275,6 +351,7 @@ fn lines_queue_while_auth_is_looked_up() {
     let mut h = H::new();
     h.connect(1);
     h.line(1, "AUTH tok1");
+    let id = h.ids(1);
     assert_eq!(h.line(1, "HEARTBEAT away"), vec![]);
     assert_eq!(h.line(1, "HANGUP"), vec![]);
     let e = h.lookup(1, Some(1));
@@ -292,10 +369,7 @@ fn lines_queue_while_auth_is_looked_up() {
                 session: sid(1),
                 user: uid(1)
             }),
-            Effect::Relay(RelayCmd::AllowUser {
-                user: uid(1),
-                ip: IP
-            }),
+            allow(id, 1),
             Effect::Store(StoreJob::Heartbeat {
                 user: uid(1),
                 status: Some(Status::Away)
@@ -367,17 +441,17 @@ fn call_accept_hangup() {
     assert_eq!(h.line(1, "CALL 2"), vec![err(1, ErrorReply::AlreadyInCall)]);
     assert_eq!(h.line(2, "ACCEPT 1"), vec![err(2, ErrorReply::NoSuchCall)]);
     assert_eq!(h.line(2, "REJECT 1"), vec![err(2, ErrorReply::NoSuchCall)]);
+    // The HANGUP replies wait until the relay removed the forwarding.
+    let id = h.ids(1);
+    assert_eq!(h.line(2, "HANGUP"), vec![remove(id, 1, 2)]);
     assert_eq!(
-        h.line(2, "HANGUP"),
+        h.ok(id),
         vec![
             send(1, Reply::Hangup { user: uid(2) }),
-            Effect::Relay(RelayCmd::RemoveCall {
-                a: uid(1),
-                b: uid(2)
-            }),
             send(2, Reply::OkHangup),
         ]
     );
+    h.settled();
     assert_eq!(h.m.call_count(), 0);
     // Both idle again: they can call once more.
     h.ring(2, 2, 1, 1);
@@ -461,6 +535,7 @@ fn callee_going_offline_while_ringing() {
     h.login(1, 1);
     h.login(2, 2);
     h.ring(1, 1, 2, 2);
+    let id = h.ids(1);
     assert_eq!(
         h.input(Input::Disconnected { session: sid(2) }),
         vec![
@@ -468,9 +543,10 @@ fn callee_going_offline_while_ringing() {
             Effect::Store(StoreJob::Offline {
                 users: vec![uid(2)]
             }),
-            Effect::Relay(RelayCmd::RevokeUser { user: uid(2) }),
+            revoke(id, 2),
         ]
     );
+    assert_eq!(h.ok(id), vec![]);
     assert_eq!(h.line(1, "CALL 2"), vec![err(1, ErrorReply::UserOffline)]);
     assert_eq!(h.line(1, "HANGUP"), vec![err(1, ErrorReply::NotInCall)]);
 }
@@ -481,20 +557,20 @@ fn partner_disconnecting_in_call_removes_relay_entry() {
     h.login(1, 1);
     h.login(2, 2);
     h.in_call(1, 1, 2, 2);
+    let id = h.ids(2);
     assert_eq!(
         h.input(Input::Disconnected { session: sid(1) }),
         vec![
-            send(2, Reply::Hangup { user: uid(1) }),
-            Effect::Relay(RelayCmd::RemoveCall {
-                a: uid(1),
-                b: uid(2)
-            }),
+            remove(id, 1, 2),
             Effect::Store(StoreJob::Offline {
                 users: vec![uid(1)]
             }),
-            Effect::Relay(RelayCmd::RevokeUser { user: uid(1) }),
+            revoke(id + 1, 1),
         ]
     );
+    assert_eq!(h.ok(id), vec![send(2, Reply::Hangup { user: uid(1) })]);
+    assert_eq!(h.ok(id + 1), vec![]);
+    h.settled();
     // A late disconnect of the same session does nothing.
     assert_eq!(h.input(Input::Disconnected { session: sid(1) }), vec![]);
 }
@@ -505,21 +581,20 @@ fn both_sides_hang_up_at_once() {
     h.login(1, 1);
     h.login(2, 2);
     h.in_call(1, 1, 2, 2);
-    // Both lines arrive together; the machine handles them in order.
-    let first = h.line(1, "HANGUP");
-    let second = h.line(2, "HANGUP");
+    // Both lines arrive together; the machine handles them in order. The
+    // second HANGUP's error queues behind the first's held HANGUP.
+    let id = h.ids(1);
+    assert_eq!(h.line(1, "HANGUP"), vec![remove(id, 1, 2)]);
+    assert_eq!(h.line(2, "HANGUP"), vec![]);
     assert_eq!(
-        first,
+        h.ok(id),
         vec![
             send(2, Reply::Hangup { user: uid(1) }),
-            Effect::Relay(RelayCmd::RemoveCall {
-                a: uid(1),
-                b: uid(2)
-            }),
+            err(2, ErrorReply::NotInCall),
             send(1, Reply::OkHangup),
         ]
     );
-    assert_eq!(second, vec![err(2, ErrorReply::NotInCall)]);
+    h.settled();
 }
 
 #[test]
@@ -581,21 +656,21 @@ fn heartbeat_timeout_closes_and_hangs_up() {
         assert_eq!(h.advance(Duration::from_secs(10)), vec![]);
         h.line(2, "HEARTBEAT");
     }
+    let id = h.ids(2);
     assert_eq!(
         h.advance(Duration::from_secs(10)),
         vec![
-            send(2, Reply::Hangup { user: uid(1) }),
-            Effect::Relay(RelayCmd::RemoveCall {
-                a: uid(1),
-                b: uid(2)
-            }),
+            remove(id, 1, 2),
             Effect::Store(StoreJob::Offline {
                 users: vec![uid(1)]
             }),
-            Effect::Relay(RelayCmd::RevokeUser { user: uid(1) }),
+            revoke(id + 1, 1),
             Effect::Close { session: sid(1) },
         ]
     );
+    assert_eq!(h.ok(id), vec![send(2, Reply::Hangup { user: uid(1) })]);
+    assert_eq!(h.ok(id + 1), vec![]);
+    h.settled();
     assert_eq!(h.m.online_count(), 1);
 }
 
@@ -627,16 +702,14 @@ fn second_auth_kicks_the_first_session_only() {
     h.in_call(1, 1, 2, 2);
     h.connect(3);
     h.line(3, "AUTH tok1");
+    // The old session's cleanup removes the call but does not revoke user
+    // 1: the new session's AllowUser replaces its entry.
+    let id = h.ids(2);
     assert_eq!(
         h.lookup(3, Some(1)),
         vec![
             send(1, Reply::Kicked),
-            send(2, Reply::Hangup { user: uid(1) }),
-            Effect::Relay(RelayCmd::RemoveCall {
-                a: uid(1),
-                b: uid(2)
-            }),
-            Effect::Relay(RelayCmd::RevokeUser { user: uid(1) }),
+            remove(id, 1, 2),
             Effect::Close { session: sid(1) },
             send(
                 3,
@@ -649,12 +722,12 @@ fn second_auth_kicks_the_first_session_only() {
                 session: sid(3),
                 user: uid(1)
             }),
-            Effect::Relay(RelayCmd::AllowUser {
-                user: uid(1),
-                ip: IP
-            }),
+            allow(id + 1, 1),
         ]
     );
+    assert_eq!(h.ok(id), vec![send(2, Reply::Hangup { user: uid(1) })]);
+    assert_eq!(h.ok(id + 1), vec![]);
+    h.settled();
     assert_eq!(h.backlog(3, 1, vec![]), vec![]);
     // The old connection's disconnect arrives late: the new session stays.
     assert_eq!(h.input(Input::Disconnected { session: sid(1) }), vec![]);
@@ -815,7 +888,16 @@ fn recipient_leaving_before_commit_keeps_message_pending() {
     h.login(1, 1);
     h.login(2, 2);
     h.line(1, "MSG 2 bye");
-    h.input(Input::Disconnected { session: sid(2) });
+    let id = h.ids(1);
+    assert_eq!(
+        h.input(Input::Disconnected { session: sid(2) }),
+        vec![
+            Effect::Store(StoreJob::Offline {
+                users: vec![uid(2)]
+            }),
+            revoke(id, 2),
+        ]
+    );
     let m = msg(4, 1, 2, "bye");
     assert_eq!(
         h.input(msg_done(1, 1, 2, false, Ok(m))),
@@ -832,7 +914,8 @@ fn recipient_leaving_before_commit_keeps_message_pending() {
     h.connect(3);
     h.line(3, "AUTH tok2");
     h.line(1, "MSG 2 later");
-    h.lookup(3, Some(2));
+    let id = h.ids(2);
+    assert!(h.lookup(3, Some(2)).contains(&allow(id, 2)));
     let m = msg(5, 1, 2, "later");
     h.input(msg_done(1, 2, 2, false, Ok(m)));
     assert_eq!(
@@ -841,7 +924,7 @@ fn recipient_leaving_before_commit_keeps_message_pending() {
             Effect::Store(StoreJob::Offline {
                 users: vec![uid(2)]
             }),
-            Effect::Relay(RelayCmd::RevokeUser { user: uid(2) }),
+            revoke(id + 1, 2),
             Effect::Store(StoreJob::AddPending {
                 recipient: uid(2),
                 message_id: 5
