@@ -100,6 +100,10 @@ pub fn process<F: FnMut(SocketAddr) -> bool>(
             counters.inc(Metric::for_drop(r));
             0
         }
+        Decision::Hello => {
+            counters.inc(Metric::VoiceHellos);
+            0
+        }
         Decision::Forward(fanout) => {
             if item.port == PortKind::Ovp {
                 counters.inc(Metric::OvpFrames);

@@ -89,11 +89,12 @@ pub struct Cli {
     /// Number of workers (pinned to the first N allowed cores).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Unix socket for the control plane's command channel (issue 5).
+    /// Unix socket of the command channel (default
+    /// `$RUNTIME_DIRECTORY/relay.sock`, else `/run/whelm/relay.sock`).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
-    /// Bandwidth limit each way in Mbit/s (100; 0 = none). Used for call
-    /// admission (issue 5).
+    /// Voice bandwidth limit each way in Mbit/s (100; 0 = none), shared
+    /// fairly by the workers; datagrams over it are dropped and counted.
     #[arg(long, value_name = "N")]
     pub bandwidth_mbps: Option<u64>,
     /// OVP frames/s per source before drops (100; 0 = none).
@@ -141,6 +142,12 @@ struct FileConfig {
     cores: Option<String>,
     workers: Option<usize>,
     control_socket: Option<PathBuf>,
+    /// Group (name or number) given to the command socket file.
+    control_socket_group: Option<String>,
+    /// Further uids allowed on the command socket.
+    control_uids: Option<Vec<u32>>,
+    /// Further gids allowed on the command socket.
+    control_gids: Option<Vec<u32>>,
     bandwidth_mbps: Option<u64>,
     station_rate: Option<u32>,
     station_burst: Option<u32>,
@@ -187,9 +194,18 @@ pub struct Config {
     pub engine: EngineChoice,
     /// One worker per entry, pinned to that CPU.
     pub cores: Vec<usize>,
-    /// Command channel path (issue 5).
-    pub control_socket: Option<PathBuf>,
-    /// Bandwidth limit (issue 5 admission).
+    /// Command channel socket path.
+    pub control_socket: PathBuf,
+    /// The path was configured (flag, file or `RUNTIME_DIRECTORY`) rather
+    /// than the built-in default.
+    pub control_socket_explicit: bool,
+    /// Group id given to the socket file (config `control_socket_group`).
+    pub control_socket_group: Option<u32>,
+    /// Further uids allowed to connect (config `control_uids`).
+    pub control_uids: Vec<u32>,
+    /// Further gids allowed to connect (config `control_gids`).
+    pub control_gids: Vec<u32>,
+    /// Voice bandwidth limit each way, Mbit/s (0 = none).
     pub bandwidth_mbps: u64,
     /// Per-source rate.
     pub station_rate: u32,
@@ -274,6 +290,21 @@ impl Config {
                 .clamp(16, 65_535),
             batch: cli.batch.or(file.batch).unwrap_or(64).clamp(1, 1024),
         };
+        let configured = cli.control_socket.clone().or(file.control_socket.clone());
+        let control_socket_explicit =
+            configured.is_some() || std::env::var_os("RUNTIME_DIRECTORY").is_some();
+        let control_socket = configured.unwrap_or_else(crate::cmdsock::default_path);
+        let control_socket_group = match &file.control_socket_group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .with_context(|| format!("looking up control_socket_group {g:?}"))?
+                    .with_context(|| format!("control_socket_group {g:?}: no such group"))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
         Ok(Config {
             port: cli.port.or(file.port).unwrap_or(ovp::DEFAULT_PORT),
             voice_port: cli
@@ -292,7 +323,11 @@ impl Config {
             },
             engine: cli.engine.or(file.engine).unwrap_or_default(),
             cores,
-            control_socket: cli.control_socket.clone().or(file.control_socket),
+            control_socket,
+            control_socket_explicit,
+            control_socket_group,
+            control_uids: file.control_uids.clone().unwrap_or_default(),
+            control_gids: file.control_gids.clone().unwrap_or_default(),
             bandwidth_mbps: cli.bandwidth_mbps.or(file.bandwidth_mbps).unwrap_or(100),
             station_rate,
             station_burst: cli

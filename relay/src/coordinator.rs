@@ -1,7 +1,21 @@
-//! The coordinator thread: sole writer of the authoritative station
-//! [`Registry`], broadcaster of table [`Update`]s to every worker, timer for
-//! station timeouts (it runs whether or not packets arrive), and the stats
-//! printer (every `stats_interval` and at shutdown).
+//! The coordinator thread: sole writer of the authoritative tables (the OVP
+//! station [`Registry`] and the voice [`VoiceState`]), broadcaster of table
+//! [`Update`]s to every worker, server of the command channel's requests,
+//! timer for station timeouts (it runs whether or not packets arrive), the
+//! once-a-second counters event, and the stats printer (every
+//! `stats_interval` and at shutdown).
+//!
+//! Acknowledgement after apply: the updates of one command go to every
+//! worker as one [`Update::Commit`] with a new generation number, and the
+//! worker's eventfd is written so an idle worker wakes at once. Each worker
+//! answers [`Event::Applied`]; a reply waits in `pending` until every worker
+//! applied its generation. Replies leave in request order (a read-only reply
+//! waits behind an earlier change), so control can rely on "RemoveCall
+//! acknowledged" meaning "no worker forwards that call any more".
+//!
+//! Never blocked by a peer: replies and events go into each connection's
+//! bounded queue; a connection whose queue is full is closed and logged, and
+//! the installed state stays.
 //!
 //! Stats lines are `key=value` fields after a fixed word, for grepping:
 //! `stats kind=periodic|final frames_received=.. frames_forwarded=..
@@ -9,20 +23,32 @@
 //! then one `station callsign=.. addr=.. last_seen_s=..` line per station and
 //! one `worker id=.. core=.. engine=.. <metric>=..` line per worker.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
+use nix::sys::eventfd::EventFd;
+use whelm_shared::channel::{
+    self, Command, ErrorCode, Limits, Outcome, RelayMsg, Role, StationInfo,
+};
 
+use crate::cmdsock::{ConnEvent, ConnHandle};
 use crate::engine::EngineKind;
-use crate::metrics::{Metric, WorkerCounters, stat};
+use crate::metrics::{Metric, WorkerCounters, drop_key, stat};
 use crate::net::display_addr;
 use crate::registry::{Notice, Registry};
-use crate::update::{Event, Update};
+use crate::update::{Event, Hello, Update};
+use crate::voice::{HelloResult, Refusal, VoiceState};
 
-/// What the coordinator knows of a worker, for stats lines.
+/// Highest bandwidth limit accepted, Mbit/s.
+pub const MAX_BANDWIDTH_MBPS: u64 = 1_000_000;
+/// Interval of the counters event.
+pub const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the coordinator knows of a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerInfo {
     /// CPU.
@@ -33,15 +59,64 @@ pub struct WorkerInfo {
     pub counters: Arc<WorkerCounters>,
 }
 
+/// How the coordinator reaches one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerLink {
+    /// Table updates.
+    pub updates: Sender<Update>,
+    /// Written after queueing updates, so an idle worker wakes at once.
+    pub wake: Arc<EventFd>,
+}
+
+impl WorkerLink {
+    fn send(&self, u: Update) {
+        // A worker that already stopped does not need updates.
+        let _ = self.updates.send(u);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// Limits in force.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsState {
+    /// Voice bandwidth limit each way, Mbit/s (0 = none).
+    pub bandwidth_mbps: u64,
+    /// OVP frames/s per source (0 = none).
+    pub station_rate: u32,
+    /// OVP burst.
+    pub station_burst: u32,
+}
+
+/// One reply waiting for every worker to apply generation `generation`.
+struct Pending {
+    generation: u64,
+    conn: u64,
+    line: Vec<u8>,
+}
+
 /// The coordinator's state.
 pub struct Coordinator {
     registry: Registry,
+    voice: VoiceState,
     events: Receiver<Event>,
-    workers: Vec<Sender<Update>>,
+    hellos: Receiver<Hello>,
+    workers: Vec<WorkerLink>,
     info: Vec<WorkerInfo>,
     stats_interval: Duration,
     tick: Duration,
     last_totals: [u64; Metric::COUNT],
+    limits: LimitsState,
+    /// Last commit generation broadcast.
+    generation: u64,
+    /// Highest generation each worker applied.
+    applied: Vec<u64>,
+    pending: VecDeque<Pending>,
+    conns: BTreeMap<u64, ConnHandle>,
+    /// HELLOs refused, per worker that received them.
+    hello_denied: Vec<u64>,
+    /// (when, rx bytes, tx bytes) at the last counters sample.
+    rate_sample: (Instant, u64, u64),
+    bps: (u64, u64),
 }
 
 /// Sums one metric over totals.
@@ -49,30 +124,58 @@ fn total(t: &[u64; Metric::COUNT], m: Metric) -> u64 {
     t[m as usize]
 }
 
+fn is_change(c: &Command) -> bool {
+    !matches!(c, Command::Snapshot | Command::Counters | Command::Stations)
+}
+
 impl Coordinator {
-    /// A coordinator for `workers` (update senders, in worker order).
+    /// A coordinator for `workers` (in worker order).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         timeout: Duration,
         stats_interval: Duration,
         events: Receiver<Event>,
-        workers: Vec<Sender<Update>>,
+        hellos: Receiver<Hello>,
+        workers: Vec<WorkerLink>,
         info: Vec<WorkerInfo>,
+        limits: LimitsState,
+        v6: bool,
     ) -> Coordinator {
         // Expiry resolution: a quarter of the timeout, at most one second.
         let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let n = workers.len();
         Coordinator {
             registry: Registry::new(timeout),
+            voice: VoiceState::new(v6),
             events,
+            hellos,
             workers,
             info,
             stats_interval,
             tick,
             last_totals: [0; Metric::COUNT],
+            limits,
+            generation: 0,
+            applied: vec![0; n],
+            pending: VecDeque::new(),
+            conns: BTreeMap::new(),
+            hello_denied: vec![0; n],
+            rate_sample: (Instant::now(), 0, 0),
+            bps: (0, 0),
         }
     }
 
-    /// Starts the thread.
-    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+    /// This worker's share of the bandwidth limit in bytes/s (0 = none).
+    fn bandwidth_share(&self) -> u64 {
+        self.limits.bandwidth_mbps * 1_000_000 / 8 / self.workers.len().max(1) as u64
+    }
+
+    /// Starts the thread. Installs the configured limits first.
+    pub fn spawn(mut self) -> std::io::Result<JoinHandle<()>> {
+        let ups = vec![Update::Bandwidth {
+            bytes_per_sec: self.bandwidth_share(),
+        }];
+        self.commit(ups);
         std::thread::Builder::new()
             .name("relay-coord".into())
             .spawn(move || self.run())
@@ -80,49 +183,81 @@ impl Coordinator {
 
     fn broadcast(&self, u: Update) {
         for w in &self.workers {
-            // A worker that already stopped does not need updates.
-            let _ = w.send(u);
+            w.send(u.clone());
         }
     }
 
-    fn notice(&self, n: Notice) {
-        match n {
-            Notice::New(id, a) => tracing::info!("NEW STATION: {id} at {}", display_addr(a)),
-            Notice::Moved(id, from, to) => tracing::info!(
-                "STATION MOVED: {id} from {} to {}",
-                display_addr(from),
-                display_addr(to)
-            ),
-            Notice::TimedOut(id, a) => {
-                tracing::info!("STATION TIMED OUT: {id} at {}", display_addr(a))
-            }
+    /// Sends `updates` to every worker as one commit; returns the generation
+    /// a reply must wait for (the previous one when there is nothing to do).
+    fn commit(&mut self, updates: Vec<Update>) -> u64 {
+        if updates.is_empty() {
+            return self.generation;
         }
+        self.generation += 1;
+        let updates: Arc<[Update]> = updates.into();
+        let generation = self.generation;
+        self.broadcast(Update::Commit {
+            updates,
+            generation,
+        });
+        generation
+    }
+
+    fn notice(&mut self, n: Notice) {
+        let ev = match n {
+            Notice::New(id, a) => {
+                tracing::info!("NEW STATION: {id} at {}", display_addr(a));
+                channel::Event::StationSeen {
+                    callsign: id.to_string(),
+                    addr: display_addr(a),
+                }
+            }
+            Notice::Moved(id, from, to) => {
+                tracing::info!(
+                    "STATION MOVED: {id} from {} to {}",
+                    display_addr(from),
+                    display_addr(to)
+                );
+                channel::Event::StationSeen {
+                    callsign: id.to_string(),
+                    addr: display_addr(to),
+                }
+            }
+            Notice::TimedOut(id, a) => {
+                tracing::info!("STATION TIMED OUT: {id} at {}", display_addr(a));
+                channel::Event::StationTimedOut {
+                    callsign: id.to_string(),
+                }
+            }
+        };
+        self.tell_controls(ev);
     }
 
     fn run(mut self) {
         let mut next_stats = Instant::now() + self.stats_interval;
         let mut next_tick = Instant::now() + self.tick;
+        let mut next_counters = Instant::now() + COUNTERS_INTERVAL;
+        let never = crossbeam_channel::never();
+        let mut hellos_open = true;
         loop {
             let wait = next_tick
                 .min(next_stats)
+                .min(next_counters)
                 .saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(wait) {
-                Ok(Event::Learned { what, at, worker }) => {
-                    tracing::trace!(worker, ?what, "learned");
-                    let (u, n) = self.registry.learned(what, at);
-                    if let Some(n) = n {
-                        self.notice(n);
+            let hellos = if hellos_open { &self.hellos } else { &never };
+            crossbeam_channel::select! {
+                recv(self.events) -> ev => match ev {
+                    Ok(Event::Shutdown) | Err(_) => {
+                        self.print_stats(true);
+                        return;
                     }
-                    if let Some(u) = u {
-                        self.broadcast(u);
-                    }
-                }
-                Ok(Event::Seen { ids, at }) => self.registry.seen(&ids, at),
-                Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    self.print_stats(true);
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+                    Ok(ev) => self.on_event(ev),
+                },
+                recv(hellos) -> h => match h {
+                    Ok(h) => self.on_hello(h),
+                    Err(_) => hellos_open = false,
+                },
+                default(wait) => {}
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -132,11 +267,290 @@ impl Coordinator {
                     self.broadcast(u);
                 }
             }
+            if now >= next_counters {
+                next_counters = now + COUNTERS_INTERVAL;
+                self.sample_rates(now);
+                if self.conns.values().any(|c| c.role == Role::Control) {
+                    let c = self.counters();
+                    self.tell_controls(channel::Event::Counters(c));
+                }
+            }
             if now >= next_stats {
                 next_stats = now + self.stats_interval;
                 self.print_stats(false);
             }
         }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Learned { what, at, worker } => {
+                tracing::trace!(worker, ?what, "learned");
+                let (u, n) = self.registry.learned(what, at);
+                if let Some(n) = n {
+                    self.notice(n);
+                }
+                if let Some(u) = u {
+                    self.broadcast(u);
+                }
+            }
+            Event::Seen { ids, at } => self.registry.seen(&ids, at),
+            Event::Applied { worker, generation } => {
+                if let Some(a) = self.applied.get_mut(worker) {
+                    *a = (*a).max(generation);
+                }
+                self.flush_pending();
+            }
+            Event::Conn(c) => self.on_conn(c),
+            Event::Shutdown => {}
+        }
+    }
+
+    fn on_hello(&mut self, h: Hello) {
+        match self.voice.hello(h.user, h.token.as_deref(), h.src) {
+            HelloResult::Denied => {
+                if let Some(c) = self.hello_denied.get_mut(h.worker) {
+                    *c += 1;
+                }
+                tracing::debug!(user = %h.user, src = %display_addr(h.src), "HELLO denied");
+            }
+            HelloResult::Unchanged => {}
+            HelloResult::Registered { addr, updates } => {
+                tracing::info!("VOICE REGISTERED: user {} at {addr}", h.user);
+                self.commit(updates);
+                self.tell_controls(channel::Event::VoiceRegistered { user: h.user, addr });
+            }
+        }
+    }
+
+    fn on_conn(&mut self, c: ConnEvent) {
+        match c {
+            ConnEvent::Opened(h) => {
+                self.conns.insert(h.id, h);
+            }
+            ConnEvent::Closed { conn } => {
+                if let Some(h) = self.conns.remove(&conn) {
+                    tracing::info!(
+                        conn,
+                        role = ?h.role,
+                        "command connection gone; installed state stays"
+                    );
+                }
+                self.pending.retain(|p| p.conn != conn);
+            }
+            ConnEvent::Invalid {
+                conn,
+                id,
+                code,
+                message,
+            } => {
+                let generation = self.generation;
+                self.reply(conn, id, Outcome::Error { code, message }, generation);
+            }
+            ConnEvent::Request { conn, id, command } => self.on_request(conn, id, command),
+        }
+    }
+
+    fn on_request(&mut self, conn: u64, id: u64, command: Command) {
+        let Some(role) = self.conns.get(&conn).map(|c| c.role) else {
+            return;
+        };
+        tracing::debug!(conn, id, ?command, "command");
+        let result: Result<(Vec<Update>, Outcome), Refusal> = if role != Role::Control
+            && is_change(&command)
+        {
+            Err((
+                ErrorCode::NotAllowed,
+                "only a control connection may change state".into(),
+            ))
+        } else {
+            match command {
+                Command::AllowUser(e) => self.voice.allow(&e).map(|u| (u, Outcome::Ok)),
+                Command::RevokeUser { user } => self.voice.revoke(user).map(|u| (u, Outcome::Ok)),
+                Command::InstallCall(c) => self.voice.install_call(c).map(|u| (u, Outcome::Ok)),
+                Command::RemoveCall(c) => self.voice.remove_call(c).map(|u| (u, Outcome::Ok)),
+                Command::ReplaceAll(st) => self.voice.replace_all(&st).map(|u| (u, Outcome::Ok)),
+                Command::SetLimits(l) => self.set_limits(&l).map(|u| (u, Outcome::Ok)),
+                Command::Snapshot => Ok((Vec::new(), Outcome::Snapshot(self.voice.snapshot()))),
+                Command::Counters => Ok((Vec::new(), Outcome::Counters(self.counters()))),
+                Command::Stations => Ok((
+                    Vec::new(),
+                    Outcome::Stations {
+                        stations: self.stations(),
+                    },
+                )),
+            }
+        };
+        match result {
+            Ok((updates, outcome)) => {
+                let generation = self.commit(updates);
+                self.reply(conn, id, outcome, generation);
+            }
+            Err((code, message)) => {
+                tracing::debug!(conn, id, ?code, "command refused: {message}");
+                let generation = self.generation;
+                self.reply(conn, id, Outcome::Error { code, message }, generation);
+            }
+        }
+    }
+
+    fn set_limits(&mut self, l: &Limits) -> Result<Vec<Update>, Refusal> {
+        if let Some(b) = l.bandwidth_mbps
+            && b > MAX_BANDWIDTH_MBPS
+        {
+            return Err((
+                ErrorCode::Invalid,
+                format!("bandwidth_mbps {b} above {MAX_BANDWIDTH_MBPS}"),
+            ));
+        }
+        let mut ups = Vec::new();
+        if let Some(b) = l.bandwidth_mbps {
+            self.limits.bandwidth_mbps = b;
+            ups.push(Update::Bandwidth {
+                bytes_per_sec: self.bandwidth_share(),
+            });
+        }
+        if let Some(r) = l.station_rate {
+            self.limits.station_rate = r;
+            self.limits.station_burst = r.max(1);
+            ups.push(Update::StationRate {
+                rate: r,
+                burst: r.max(1),
+            });
+        }
+        tracing::info!(
+            bandwidth_mbps = self.limits.bandwidth_mbps,
+            station_rate = self.limits.station_rate,
+            "limits set"
+        );
+        Ok(ups)
+    }
+
+    fn min_applied(&self) -> u64 {
+        self.applied.iter().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Sends a reply once every worker applied `generation`, in request order.
+    fn reply(&mut self, conn: u64, id: u64, outcome: Outcome, generation: u64) {
+        let line = channel::encode(&RelayMsg::Reply { id, outcome });
+        if self.pending.is_empty() && generation <= self.min_applied() {
+            self.deliver(conn, line);
+        } else {
+            self.pending.push_back(Pending {
+                generation,
+                conn,
+                line,
+            });
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        let min = self.min_applied();
+        while self.pending.front().is_some_and(|p| p.generation <= min) {
+            if let Some(p) = self.pending.pop_front() {
+                self.deliver(p.conn, p.line);
+            }
+        }
+    }
+
+    fn deliver(&mut self, conn: u64, line: Vec<u8>) {
+        let Some(h) = self.conns.get(&conn) else {
+            return;
+        };
+        if !h.send(line) {
+            tracing::warn!(
+                conn,
+                role = ?h.role,
+                agent = %h.agent,
+                "command connection does not read its replies; disconnecting it (installed state stays)"
+            );
+            h.close();
+            self.conns.remove(&conn);
+        }
+    }
+
+    fn tell_controls(&mut self, ev: channel::Event) {
+        let ids: Vec<u64> = self
+            .conns
+            .values()
+            .filter(|c| c.role == Role::Control)
+            .map(|c| c.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let line = channel::encode(&RelayMsg::Event(ev));
+        for id in ids {
+            self.deliver(id, line.clone());
+        }
+    }
+
+    fn sample_rates(&mut self, now: Instant) {
+        let (mut rx, mut tx) = (0u64, 0u64);
+        for w in &self.info {
+            rx += w.counters.get(Metric::RxBytes);
+            tx += w.counters.get(Metric::TxBytes);
+        }
+        let (t0, rx0, tx0) = self.rate_sample;
+        let dt = now.saturating_duration_since(t0).as_secs_f64();
+        if dt > 0.0 {
+            self.bps = (
+                (rx.saturating_sub(rx0) as f64 * 8.0 / dt) as u64,
+                (tx.saturating_sub(tx0) as f64 * 8.0 / dt) as u64,
+            );
+        }
+        self.rate_sample = (now, rx, tx);
+    }
+
+    /// Per-worker counters and totals for the command channel.
+    pub fn counters(&self) -> channel::Counters {
+        let workers = self
+            .info
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let snap = w.counters.snapshot();
+                let mut drops: BTreeMap<String, u64> = Metric::ALL
+                    .iter()
+                    .filter_map(|&m| drop_key(m).map(|k| (k.to_string(), snap[m as usize])))
+                    .collect();
+                drops.insert(
+                    stat::HELLO_DENIED.to_string(),
+                    self.hello_denied.get(i).copied().unwrap_or(0),
+                );
+                channel::WorkerCounters {
+                    worker: i as u32,
+                    cpu: Some(w.cpu as u32),
+                    engine: w.engine.to_string(),
+                    packets_in: snap[Metric::RxPackets as usize],
+                    packets_out: snap[Metric::TxPackets as usize],
+                    bytes_in: snap[Metric::RxBytes as usize],
+                    bytes_out: snap[Metric::TxBytes as usize],
+                    drops,
+                }
+            })
+            .collect();
+        channel::Counters {
+            workers,
+            bps_in: self.bps.0,
+            bps_out: self.bps.1,
+            bps_limit: self.limits.bandwidth_mbps * 1_000_000,
+            calls: self.voice.call_count() as u64,
+            stations: self.registry.len() as u64,
+        }
+    }
+
+    fn stations(&self) -> Vec<StationInfo> {
+        let now = Instant::now();
+        self.registry
+            .stations()
+            .map(|(id, s)| StationInfo {
+                callsign: id.to_string(),
+                addr: display_addr(s.src),
+                last_seen_secs: now.saturating_duration_since(s.last_seen).as_secs(),
+                frames: s.frames,
+            })
+            .collect()
     }
 
     fn print_stats(&mut self, final_: bool) {
@@ -154,7 +568,7 @@ impl Coordinator {
                 + total(t, Metric::DropBadStationId)
         };
         let mut line = format!(
-            "stats kind={} {}={} {}={} {}={} {}={} {}={} {}={} {}={}",
+            "stats kind={} {}={} {}={} {}={} {}={} {}={} {}={} {}={} {}={} users={} calls={}",
             if final_ { "final" } else { "periodic" },
             stat::FRAMES_RECEIVED,
             total(&totals, Metric::OvpFrames),
@@ -170,6 +584,10 @@ impl Coordinator {
             total(&totals, Metric::DropRateLimited),
             stat::LIST_DROPS,
             total(&totals, Metric::DropDenied) + total(&totals, Metric::DropNotAllowed),
+            stat::HELLO_DENIED,
+            self.hello_denied.iter().sum::<u64>(),
+            self.voice.user_count(),
+            self.voice.call_count(),
         );
         for m in Metric::ALL {
             let _ = write!(line, " {}={}", m.name(), total(&totals, m));

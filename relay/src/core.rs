@@ -10,6 +10,12 @@
 //! [`Update`]s broadcast by the coordinator between batches, and applies what
 //! it learns itself (a new OVP station, an address change) at once, queueing a
 //! [`Learned`] for the coordinator, which broadcasts it to the other workers.
+//!
+//! Voice port: a `HELLO` datagram is never forwarded; a well-formed one is
+//! queued for the coordinator ([`Core::take_hellos`]), which alone decides
+//! whether it registers anything. Every other datagram needs one lookup:
+//! source address -> [`VoiceSlot`] (a route to the partner, or why not), then
+//! the worker's share of the bandwidth limit.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use whelm_shared::ovp::{self, FrameError, StationId};
 
+use crate::hello::{is_hello, parse_hello};
 use crate::update::{Learned, Update};
 
 /// Which listening port a datagram arrived on; each has its own decision.
@@ -41,10 +48,108 @@ pub enum DropReason {
     Denied,
     /// An allow list is configured and the callsign is not on it.
     NotAllowed,
-    /// Voice datagram from an address with no installed route.
+    /// Voice datagram from an address that is not registered.
     UnknownSource,
+    /// Voice datagram from a registered address whose user is in no call.
+    NotInCall,
+    /// Voice datagram from a user in a call whose partner has no registered
+    /// voice address yet.
+    PartnerNotRegistered,
+    /// Over this worker's share of the voice bandwidth limit.
+    Bandwidth,
+    /// Starts with `HELLO ` but is not a well-formed HELLO.
+    BadHello,
+    /// Too many HELLOs queued for the coordinator in one batch.
+    HelloOverflow,
     /// The datagram did not fit in a receive buffer.
     Truncated,
+}
+
+/// Why a registered voice address has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldReason {
+    /// Its user is in no call.
+    NotInCall,
+    /// The partner has not registered a voice address.
+    PartnerNotRegistered,
+}
+
+/// What a worker does with datagrams from a registered voice address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VoiceSlot {
+    /// Forward unchanged to the partner's registered address.
+    Route(SocketAddr),
+    /// Drop and count.
+    Hold(HoldReason),
+}
+
+/// HELLOs a worker queues per batch at most; more are dropped and counted
+/// ([`DropReason::HelloOverflow`]).
+pub const MAX_PENDING_HELLOS: usize = 256;
+
+/// A HELLO waiting to be handed to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingHello {
+    /// The user it names.
+    pub user: whelm_shared::line::UserId,
+    /// The token, if any.
+    pub token: Option<Box<str>>,
+    /// Its source.
+    pub src: SocketAddr,
+}
+
+/// A byte-rate token bucket (the voice bandwidth limit).
+#[derive(Debug, Clone, Copy)]
+struct ByteBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl ByteBucket {
+    fn new(bytes_per_sec: u64) -> ByteBucket {
+        let rate = bytes_per_sec as f64;
+        // 20 ms of traffic, at least a few full-size datagrams.
+        let burst = (rate / 50.0).max(4.0 * 1500.0);
+        ByteBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+    }
+}
+
+/// Inbound and outbound byte buckets of one worker.
+#[derive(Debug, Clone, Copy)]
+struct Bandwidth {
+    inbound: ByteBucket,
+    outbound: ByteBucket,
+}
+
+impl Bandwidth {
+    /// Charges `len` bytes in and `len` bytes out (1:1 voice); false (and
+    /// nothing charged) when either bucket lacks them.
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        self.inbound.refill(now);
+        self.outbound.refill(now);
+        let n = len as f64;
+        if self.inbound.tokens < n || self.outbound.tokens < n {
+            return false;
+        }
+        self.inbound.tokens -= n;
+        self.outbound.tokens -= n;
+        true
+    }
 }
 
 /// Where OVP frames are sent for a station.
@@ -175,6 +280,8 @@ pub enum Decision<'a> {
     Drop(DropReason),
     /// Send the datagram unchanged to each destination.
     Forward(Fanout<'a>),
+    /// A well-formed HELLO, queued for the coordinator; nothing is sent.
+    Hello,
 }
 
 /// One worker's forwarding tables and decision logic.
@@ -186,13 +293,17 @@ pub struct Core {
     ids: Vec<StationId>,
     srcs: Vec<SocketAddr>,
     dests: Vec<SocketAddr>,
-    seen: Vec<bool>,
+    /// Valid frames since the last seen-report, per slot.
+    seen: Vec<u32>,
     index: FastMap<StationId, usize>,
-    /// Voice routes: source address -> partner's address (issue 5 installs
-    /// them; empty means every voice datagram is an unknown source).
-    voice: FastMap<SocketAddr, SocketAddr>,
+    /// Registered voice addresses: source address -> what to do (installed
+    /// by the coordinator from control's calls and HELLOs).
+    voice: FastMap<SocketAddr, VoiceSlot>,
+    /// This worker's share of the voice bandwidth limit (None = no limit).
+    bandwidth: Option<Bandwidth>,
     limiter: FastMap<SocketAddr, Bucket>,
     learned: Vec<Learned>,
+    hellos: Vec<PendingHello>,
 }
 
 impl Core {
@@ -206,8 +317,10 @@ impl Core {
             seen: Vec::new(),
             index: FastMap::default(),
             voice: FastMap::default(),
+            bandwidth: None,
             limiter: FastMap::default(),
             learned: Vec::new(),
+            hellos: Vec::new(),
         }
     }
 
@@ -240,15 +353,66 @@ impl Core {
         now: Instant,
     ) -> Decision<'_> {
         match kind {
-            PortKind::Voice => match self.voice.get(&peer) {
-                Some(d) => Decision::Forward(Fanout {
-                    dests: std::slice::from_ref(d),
-                    skip: usize::MAX,
-                }),
-                None => Decision::Drop(DropReason::UnknownSource),
-            },
+            PortKind::Voice => self.decide_voice(pkt, peer, now),
             PortKind::Ovp => self.decide_ovp(pkt, peer, now),
         }
+    }
+
+    fn decide_voice(&mut self, pkt: &[u8], peer: SocketAddr, now: Instant) -> Decision<'_> {
+        if is_hello(pkt) {
+            return self.hello(pkt, peer);
+        }
+        let Core {
+            voice, bandwidth, ..
+        } = self;
+        match voice.get(&peer) {
+            None => Decision::Drop(DropReason::UnknownSource),
+            Some(VoiceSlot::Hold(HoldReason::NotInCall)) => Decision::Drop(DropReason::NotInCall),
+            Some(VoiceSlot::Hold(HoldReason::PartnerNotRegistered)) => {
+                Decision::Drop(DropReason::PartnerNotRegistered)
+            }
+            Some(VoiceSlot::Route(d)) => {
+                if let Some(b) = bandwidth
+                    && !b.admit(pkt.len(), now)
+                {
+                    return Decision::Drop(DropReason::Bandwidth);
+                }
+                Decision::Forward(Fanout {
+                    dests: std::slice::from_ref(d),
+                    skip: usize::MAX,
+                })
+            }
+        }
+    }
+
+    fn hello(&mut self, pkt: &[u8], peer: SocketAddr) -> Decision<'_> {
+        let Some(h) = parse_hello(pkt) else {
+            return Decision::Drop(DropReason::BadHello);
+        };
+        if self.hellos.len() >= MAX_PENDING_HELLOS {
+            return Decision::Drop(DropReason::HelloOverflow);
+        }
+        self.hellos.push(PendingHello {
+            user: h.user,
+            token: h.token.map(Box::from),
+            src: peer,
+        });
+        Decision::Hello
+    }
+
+    /// Takes the HELLOs queued since the last call (for the coordinator).
+    pub fn take_hellos(&mut self) -> std::vec::Drain<'_, PendingHello> {
+        self.hellos.drain(..)
+    }
+
+    /// True if HELLOs are queued.
+    pub fn has_hellos(&self) -> bool {
+        !self.hellos.is_empty()
+    }
+
+    /// Number of registered voice addresses in this replica.
+    pub fn voice_count(&self) -> usize {
+        self.voice.len()
     }
 
     fn decide_ovp(&mut self, pkt: &[u8], peer: SocketAddr, now: Instant) -> Decision<'_> {
@@ -279,12 +443,12 @@ impl Core {
                         to: peer,
                     });
                 }
-                self.seen[i] = true;
+                self.seen[i] = self.seen[i].saturating_add(1);
                 i
             }
             None => {
                 let i = self.insert(station, peer);
-                self.seen[i] = true;
+                self.seen[i] = 1;
                 self.learned.push(Learned::NewStation {
                     id: station,
                     src: peer,
@@ -332,7 +496,7 @@ impl Core {
         self.ids.push(id);
         self.srcs.push(src);
         self.dests.push(self.cfg.dest_for(src));
-        self.seen.push(false);
+        self.seen.push(0);
         self.index.insert(id, i);
         i
     }
@@ -352,6 +516,17 @@ impl Core {
 
     /// Applies a table update from the coordinator. Idempotent.
     pub fn apply(&mut self, u: &Update) {
+        match u {
+            Update::Commit { updates, .. } => {
+                for u in updates.iter() {
+                    self.apply(u);
+                }
+            }
+            _ => self.apply_one(u),
+        }
+    }
+
+    fn apply_one(&mut self, u: &Update) {
         match *u {
             Update::Station { id, src } => match self.index.get(&id) {
                 Some(&i) => {
@@ -364,11 +539,25 @@ impl Core {
             },
             Update::RemoveStation { id } => self.remove(id),
             Update::VoiceRoute { src, dest } => {
-                self.voice.insert(src, dest);
+                self.voice.insert(src, VoiceSlot::Route(dest));
+            }
+            Update::VoiceHold { src, reason } => {
+                self.voice.insert(src, VoiceSlot::Hold(reason));
             }
             Update::RemoveVoiceRoute { src } => {
                 self.voice.remove(&src);
             }
+            Update::Bandwidth { bytes_per_sec } => {
+                self.bandwidth = (bytes_per_sec > 0).then(|| Bandwidth {
+                    inbound: ByteBucket::new(bytes_per_sec),
+                    outbound: ByteBucket::new(bytes_per_sec),
+                });
+            }
+            Update::StationRate { rate, burst } => {
+                self.cfg.station_rate = rate;
+                self.cfg.station_burst = burst.max(1);
+            }
+            Update::Commit { .. } => {}
         }
     }
 
@@ -383,13 +572,14 @@ impl Core {
         !self.learned.is_empty()
     }
 
-    /// Stations that sent a valid frame since the last call; clears the marks.
-    pub fn take_seen(&mut self) -> Vec<StationId> {
+    /// Stations that sent valid frames since the last call, with how many;
+    /// clears the counts.
+    pub fn take_seen(&mut self) -> Vec<(StationId, u32)> {
         let mut out = Vec::new();
         for (i, s) in self.seen.iter_mut().enumerate() {
-            if *s {
-                out.push(self.ids[i]);
-                *s = false;
+            if *s > 0 {
+                out.push((self.ids[i], *s));
+                *s = 0;
             }
         }
         out
@@ -443,6 +633,7 @@ mod tests {
                 v
             }
             Decision::Drop(r) => panic!("dropped: {r:?}"),
+            Decision::Hello => panic!("hello"),
         }
     }
 
@@ -450,6 +641,7 @@ mod tests {
         match d {
             Decision::Drop(r) => r,
             Decision::Forward(f) => panic!("forwarded to {:?}", f.iter().collect::<Vec<_>>()),
+            Decision::Hello => panic!("hello"),
         }
     }
 
@@ -624,7 +816,7 @@ mod tests {
         let b = addr("127.0.0.1:2");
         let v = addr("127.0.0.1:3");
         assert_eq!(
-            drop_reason(c.decide(b"HELLO 1", v, PortKind::Voice, t)),
+            drop_reason(c.decide(b"opus", v, PortKind::Voice, t)),
             DropReason::UnknownSource
         );
         c.apply(&Update::Station {
@@ -658,5 +850,97 @@ mod tests {
             drop_reason(c.decide(b"opus", v, PortKind::Voice, t)),
             DropReason::UnknownSource
         );
+    }
+
+    #[test]
+    fn voice_slots_hellos_and_bandwidth() {
+        let t = Instant::now();
+        let mut c = Core::new(cfg(ReplyTo::Source));
+        let a = addr("127.0.0.2:1000");
+        let b = addr("127.0.0.3:1000");
+        // HELLOs are queued, never forwarded, whatever the source.
+        assert!(matches!(
+            c.decide(b"HELLO 1\n", a, PortKind::Voice, t),
+            Decision::Hello
+        ));
+        assert_eq!(
+            drop_reason(c.decide(b"HELLO x", a, PortKind::Voice, t)),
+            DropReason::BadHello
+        );
+        let h: Vec<_> = c.take_hellos().collect();
+        assert_eq!(
+            h,
+            vec![PendingHello {
+                user: whelm_shared::line::UserId::new(1).unwrap(),
+                token: None,
+                src: a
+            }]
+        );
+        assert!(!c.has_hellos());
+        for _ in 0..MAX_PENDING_HELLOS {
+            assert!(matches!(
+                c.decide(b"HELLO 2 tok", b, PortKind::Voice, t),
+                Decision::Hello
+            ));
+        }
+        assert_eq!(
+            drop_reason(c.decide(b"HELLO 2 tok", b, PortKind::Voice, t)),
+            DropReason::HelloOverflow
+        );
+        assert_eq!(c.take_hellos().count(), MAX_PENDING_HELLOS);
+        c.apply(&Update::VoiceHold {
+            src: a,
+            reason: HoldReason::NotInCall,
+        });
+        assert_eq!(
+            drop_reason(c.decide(b"opus", a, PortKind::Voice, t)),
+            DropReason::NotInCall
+        );
+        c.apply(&Update::Commit {
+            updates: vec![
+                Update::VoiceHold {
+                    src: a,
+                    reason: HoldReason::PartnerNotRegistered,
+                },
+                Update::Bandwidth {
+                    bytes_per_sec: 100_000,
+                },
+            ]
+            .into(),
+            generation: 1,
+        });
+        assert_eq!(
+            drop_reason(c.decide(b"opus", a, PortKind::Voice, t)),
+            DropReason::PartnerNotRegistered
+        );
+        c.apply(&Update::VoiceRoute { src: a, dest: b });
+        // A route forwards HELLO-free datagrams, within the bucket: 6000
+        // bytes of burst, then 100 bytes per millisecond.
+        let pkt = [0u8; 1000];
+        let mut ok = 0;
+        for _ in 0..10 {
+            if let Decision::Forward(f) = c.decide(&pkt, a, PortKind::Voice, t) {
+                assert_eq!(f.iter().copied().collect::<Vec<_>>(), vec![b]);
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 6);
+        assert_eq!(
+            drop_reason(c.decide(&pkt, a, PortKind::Voice, t)),
+            DropReason::Bandwidth
+        );
+        let t2 = t + Duration::from_millis(10);
+        assert!(matches!(
+            c.decide(&pkt, a, PortKind::Voice, t2),
+            Decision::Forward(_)
+        ));
+        c.apply(&Update::Bandwidth { bytes_per_sec: 0 });
+        for _ in 0..100 {
+            assert!(matches!(
+                c.decide(&pkt, a, PortKind::Voice, t2),
+                Decision::Forward(_)
+            ));
+        }
+        assert_eq!(c.voice_count(), 1);
     }
 }

@@ -21,20 +21,36 @@
 //! - [`coordinator`] with [`registry`]: the one writer of the authoritative
 //!   station registry; broadcasts updates; expires stations on its own timer;
 //!   prints stats.
+//! - [`hello`]: the sans-IO `HELLO <id> [<token>]` parser (voice port).
+//! - [`voice`]: the authoritative voice state (allowed users, registered
+//!   addresses, calls), owned by the coordinator; commands and HELLOs in,
+//!   worker updates out.
+//! - [`cmdsock`]: the command channel's Unix socket (mode 0660,
+//!   `SO_PEERCRED` check, handshake, one reader and one bounded writer per
+//!   connection); requests go to the coordinator.
+//! - [`ctl`]: `whelm-relay ctl`, the operator's client of that socket.
 //! - [`metrics`]: every counter name; per-worker counters read without
 //!   stopping the workers.
 //!
 //! Flow: socket -> engine receive batch -> `batch::process` -> `Core::decide`
 //! -> engine send queue -> socket. Learned stations: `Core` -> worker ->
-//! `Event` -> coordinator -> `Update` to every worker.
+//! `Event` -> coordinator -> `Update` to every worker. Voice: control ->
+//! `cmdsock` -> coordinator (`VoiceState`) -> `Update::Commit` to every
+//! worker (eventfd wake) -> `Event::Applied` from each -> reply to control.
+//! A HELLO: `Core` -> worker -> bounded `Hello` channel -> coordinator ->
+//! routes to every worker + `voice_registered` event to control.
 
 pub mod batch;
+pub mod cmdsock;
 pub mod config;
 pub mod coordinator;
 pub mod core;
+pub mod ctl;
 pub mod engine;
+pub mod hello;
 pub mod metrics;
 pub mod net;
 pub mod registry;
 pub mod relay;
 pub mod update;
+pub mod voice;

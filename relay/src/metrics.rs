@@ -44,8 +44,21 @@ pub enum Metric {
     DropDenied,
     /// Callsign not on the allow list.
     DropNotAllowed,
-    /// Voice datagram from a source with no installed route.
+    /// Voice datagram from an address that is not registered.
     DropUnknownSource,
+    /// Voice datagram from a registered address whose user is in no call.
+    DropNotInCall,
+    /// Voice datagram whose call partner has no registered address.
+    DropPartnerNotRegistered,
+    /// Voice datagram over the worker's share of the bandwidth limit.
+    DropBandwidth,
+    /// Datagram starting with `HELLO ` that is not a well-formed HELLO.
+    DropBadHello,
+    /// Well-formed HELLO that found the worker's queue or the coordinator's
+    /// channel full.
+    DropHelloOverflow,
+    /// Well-formed HELLOs handed to the coordinator.
+    VoiceHellos,
     /// Datagram larger than a receive buffer.
     DropTruncated,
     /// A send that found no free send slot (io_uring) and was dropped.
@@ -60,7 +73,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric in index order.
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 26] = [
         Metric::RxPackets,
         Metric::RxBytes,
         Metric::OvpFrames,
@@ -76,6 +89,12 @@ impl Metric {
         Metric::DropDenied,
         Metric::DropNotAllowed,
         Metric::DropUnknownSource,
+        Metric::DropNotInCall,
+        Metric::DropPartnerNotRegistered,
+        Metric::DropBandwidth,
+        Metric::DropBadHello,
+        Metric::DropHelloOverflow,
+        Metric::VoiceHellos,
         Metric::DropTruncated,
         Metric::DropSendSlotsFull,
         Metric::RecvNoBufs,
@@ -103,6 +122,12 @@ impl Metric {
             Metric::DropDenied => "drop_denied",
             Metric::DropNotAllowed => "drop_not_allowed",
             Metric::DropUnknownSource => "drop_unknown_source",
+            Metric::DropNotInCall => "drop_not_in_call",
+            Metric::DropPartnerNotRegistered => "drop_partner_not_registered",
+            Metric::DropBandwidth => "drop_bandwidth",
+            Metric::DropBadHello => "drop_bad_hello",
+            Metric::DropHelloOverflow => "drop_hello_overflow",
+            Metric::VoiceHellos => "voice_hellos",
             Metric::DropTruncated => "drop_truncated",
             Metric::DropSendSlotsFull => "drop_send_slots_full",
             Metric::RecvNoBufs => "recv_enobufs",
@@ -121,6 +146,11 @@ impl Metric {
             DropReason::Denied => Metric::DropDenied,
             DropReason::NotAllowed => Metric::DropNotAllowed,
             DropReason::UnknownSource => Metric::DropUnknownSource,
+            DropReason::NotInCall => Metric::DropNotInCall,
+            DropReason::PartnerNotRegistered => Metric::DropPartnerNotRegistered,
+            DropReason::Bandwidth => Metric::DropBandwidth,
+            DropReason::BadHello => Metric::DropBadHello,
+            DropReason::HelloOverflow => Metric::DropHelloOverflow,
             DropReason::Truncated => Metric::DropTruncated,
         }
     }
@@ -142,6 +172,16 @@ pub mod stat {
     pub const RATE_LIMITED: &str = "rate_limited";
     /// Frames dropped by the allow and deny lists.
     pub const LIST_DROPS: &str = "list_drops";
+    /// HELLOs the coordinator refused (unknown user, wrong IP, wrong
+    /// token); per worker in the command channel's counters.
+    pub const HELLO_DENIED: &str = "hello_denied";
+}
+
+/// The name of a drop counter in the command channel's per-worker `drops`
+/// map: the metric name without `drop_` (`unknown_source`, `not_in_call`,
+/// `partner_not_registered`, `bandwidth`, ...); None for other metrics.
+pub fn drop_key(m: Metric) -> Option<&'static str> {
+    m.name().strip_prefix("drop_")
 }
 
 /// Published counters of one worker. Written only by that worker.

@@ -19,6 +19,9 @@ pub struct Station {
     pub first_seen: Instant,
     /// Last frame reported seen.
     pub last_seen: Instant,
+    /// Valid frames the workers reported (reports come every 500 ms, so
+    /// the latest frames are not counted yet).
+    pub frames: u64,
 }
 
 /// Something the coordinator logs.
@@ -97,6 +100,7 @@ impl Registry {
                         src,
                         first_seen: at,
                         last_seen: at,
+                        frames: 0,
                     },
                 );
                 (
@@ -108,10 +112,11 @@ impl Registry {
     }
 
     /// A worker reports stations it saw.
-    pub fn seen(&mut self, ids: &[StationId], at: Instant) {
-        for id in ids {
+    pub fn seen(&mut self, ids: &[(StationId, u32)], at: Instant) {
+        for (id, n) in ids {
             if let Some(s) = self.stations.get_mut(id) {
                 s.last_seen = s.last_seen.max(at);
+                s.frames += u64::from(*n);
             }
         }
     }
@@ -166,7 +171,8 @@ mod tests {
                 Some(Notice::Moved(id, a, b))
             )
         );
-        r.seen(&[id], t + Duration::from_secs(30));
+        r.seen(&[(id, 3)], t + Duration::from_secs(30));
+        assert_eq!(r.stations().next().map(|(_, s)| s.frames), Some(3));
         assert!(r.expire(t + Duration::from_secs(89)).is_empty());
         assert_eq!(
             r.expire(t + Duration::from_secs(90)),

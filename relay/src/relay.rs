@@ -1,7 +1,9 @@
 //! Start-up and shutdown: bind every worker's sockets (the first on the
-//! configured port, possibly 0, the rest on the resolved port), start the
-//! coordinator and the workers, wait until each worker reports its engine,
-//! hand the ready line to the caller, wait for SIGINT/SIGTERM, stop.
+//! configured port, possibly 0, the rest on the resolved port) and the
+//! command socket, start the workers, wait until each reports its engine,
+//! start the coordinator and the command socket's acceptor, hand the ready
+//! line to the caller, wait for SIGINT/SIGTERM, stop (removing the socket
+//! file).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,13 +13,29 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use socket2::Socket;
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::cmdsock::{self, PeerPolicy};
 use crate::config::Config;
-use crate::coordinator::{Coordinator, WorkerInfo};
+use crate::coordinator::{Coordinator, LimitsState, WorkerInfo, WorkerLink};
 use crate::core::{Core, CoreConfig};
 use crate::engine::{self, EngineKind, WorkerCtx};
 use crate::metrics::WorkerCounters;
 use crate::net::{bind_udp, local_addr};
-use crate::update::Event;
+use crate::update::{Event, Hello};
+
+/// HELLOs queued for the coordinator at most; a flood beyond is dropped and
+/// counted by the workers.
+const HELLO_QUEUE: usize = 4096;
+
+/// Removes the command socket file when the relay stops.
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 /// What the relay listens on, once every worker runs.
 #[derive(Debug, Clone)]
@@ -68,9 +86,22 @@ pub fn run(
     let (ovp_socks, ovp) = bind_group(SocketAddr::new(cfg.bind, cfg.port), n)?;
     let (voice_socks, voice) = bind_group(SocketAddr::new(cfg.bind, cfg.voice_port), n)?;
     let v6 = ovp.is_ipv6();
-    if cfg.control_socket.is_some() {
-        tracing::info!("--control-socket is accepted but the command channel is not built yet");
-    }
+    let listener = match cmdsock::bind(&cfg.control_socket, cfg.control_socket_group) {
+        Ok(l) => Some(l),
+        Err(e) if !cfg.control_socket_explicit => {
+            // The built-in default path is shared by every relay on the host
+            // (tests, benches): without a configured path, run without the
+            // command channel rather than not at all, and say so loudly.
+            tracing::warn!(
+                "command channel disabled: {e:#} (pass --control-socket PATH to require one)"
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let _socket_file = listener
+        .as_ref()
+        .map(|_| SocketFile(cfg.control_socket.clone()));
     let core_cfg = CoreConfig {
         reply_to: cfg.reply_to,
         ovp_port: ovp.port(),
@@ -80,13 +111,23 @@ pub fn run(
         deny: cfg.deny.clone(),
     };
     let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Event>();
+    let (hello_tx, hello_rx) = crossbeam_channel::bounded::<Hello>(HELLO_QUEUE);
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::with_capacity(n);
     let mut update_txs = Vec::with_capacity(n);
     let mut counters = Vec::with_capacity(n);
     for (i, (o, v)) in ovp_socks.into_iter().zip(voice_socks).enumerate() {
         let (utx, urx) = crossbeam_channel::unbounded();
-        update_txs.push(utx);
+        // Blocking mode: the io_uring read on it must wait, not fail with
+        // EAGAIN; the mmsg engine reads it only after poll said readable.
+        let wake = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)
+                .with_context(|| format!("eventfd for worker {i}"))?,
+        );
+        update_txs.push(WorkerLink {
+            updates: utx,
+            wake: wake.clone(),
+        });
         let c = Arc::new(WorkerCounters::default());
         counters.push(c.clone());
         let ctx = WorkerCtx::new(
@@ -96,6 +137,8 @@ pub fn run(
             Core::new(core_cfg.clone()),
             urx,
             ev_tx.clone(),
+            hello_tx.clone(),
+            wake,
             c,
             stop.clone(),
             cfg.sizes,
@@ -107,6 +150,8 @@ pub fn run(
         );
     }
     drop(ready_tx);
+    drop(hello_tx);
+    let wakes: Vec<Arc<EventFd>> = update_txs.iter().map(|l| l.wake.clone()).collect();
     let mut engines = vec![(0usize, EngineKind::Mmsg); n];
     let mut failure = None;
     for _ in 0..n {
@@ -135,9 +180,39 @@ pub fn run(
             counters: c.clone(),
         })
         .collect();
-    let coord = Coordinator::new(cfg.timeout, cfg.stats_interval, ev_rx, update_txs, info)
-        .spawn()
-        .context("spawning the coordinator")?;
+    let limits = LimitsState {
+        bandwidth_mbps: cfg.bandwidth_mbps,
+        station_rate: cfg.station_rate,
+        station_burst: cfg.station_burst,
+    };
+    let coord = Coordinator::new(
+        cfg.timeout,
+        cfg.stats_interval,
+        ev_rx,
+        hello_rx,
+        update_txs,
+        info,
+        limits,
+        v6,
+    )
+    .spawn()
+    .context("spawning the coordinator")?;
+    let acceptor = match listener {
+        Some(l) => {
+            let policy = PeerPolicy::current(cfg.control_uids.clone(), cfg.control_gids.clone());
+            tracing::info!(
+                "command channel on {} (uid {} gid {} allowed)",
+                cfg.control_socket.display(),
+                policy.uid,
+                policy.gid
+            );
+            Some(
+                cmdsock::spawn_acceptor(l, policy, ev_tx.clone(), stop.clone())
+                    .context("spawning the command socket thread")?,
+            )
+        }
+        None => None,
+    };
     let ready = Ready {
         ovp,
         voice,
@@ -156,6 +231,9 @@ pub fn run(
     }
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
+    for w in &wakes {
+        let _ = w.write(1);
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     for (i, h) in handles.into_iter().enumerate() {
         while !h.is_finished() && Instant::now() < deadline {
@@ -172,5 +250,8 @@ pub fn run(
     }
     let _ = ev_tx.send(Event::Shutdown);
     let _ = coord.join();
+    if let Some(a) = acceptor {
+        let _ = a.join();
+    }
     result
 }

@@ -1,18 +1,27 @@
 //! Messages between the coordinator and the workers.
 //!
 //! - [`Update`]: coordinator -> every worker, applied to each replica between
-//!   batches ([`crate::core::Core::apply`]). Voice variants exist for the
-//!   command channel of issue 5; nothing sends them yet.
-//! - [`Event`]: worker (or main) -> coordinator: what a worker learned, which
-//!   stations it saw, shutdown.
+//!   batches ([`crate::core::Core::apply`]). A command's updates travel as one
+//!   [`Update::Commit`], applied as a whole between two batches (atomic from
+//!   the worker's point of view) and acknowledged with [`Event::Applied`].
+//! - [`Event`]: worker (or main, or the command socket threads) ->
+//!   coordinator: what a worker learned, which stations it saw, that it
+//!   applied a commit, command channel traffic, shutdown.
+//! - [`Hello`]: worker -> coordinator on their own bounded channel (a HELLO
+//!   flood is dropped and counted at the worker, never blocks it).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use whelm_shared::line::UserId;
 use whelm_shared::ovp::StationId;
 
+use crate::cmdsock::ConnEvent;
+use crate::core::HoldReason;
+
 /// A change to the per-worker forwarding tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
     /// Insert an OVP station or move it to a new source address.
     Station {
@@ -26,17 +35,46 @@ pub enum Update {
         /// The callsign.
         id: StationId,
     },
-    /// Install a voice route: datagrams from `src` go to `dest` (issue 5).
+    /// Install a voice route: datagrams from `src` go to `dest`.
     VoiceRoute {
         /// A registered voice address.
         src: SocketAddr,
         /// The call partner's registered voice address.
         dest: SocketAddr,
     },
-    /// Remove the voice route from `src` (issue 5).
-    RemoveVoiceRoute {
+    /// `src` is a registered voice address that has nowhere to send to
+    /// (dropped and counted by `reason`).
+    VoiceHold {
         /// A registered voice address.
         src: SocketAddr,
+        /// Why its datagrams are dropped.
+        reason: HoldReason,
+    },
+    /// Forget the voice address `src` (its datagrams become unknown sources).
+    RemoveVoiceRoute {
+        /// A formerly registered voice address.
+        src: SocketAddr,
+    },
+    /// This worker's share of the voice bandwidth limit, bytes per second
+    /// each way (0 = none).
+    Bandwidth {
+        /// Bytes per second.
+        bytes_per_sec: u64,
+    },
+    /// OVP per-source rate limit (0 = none) and burst.
+    StationRate {
+        /// Frames per second.
+        rate: u32,
+        /// Burst in frames.
+        burst: u32,
+    },
+    /// Several updates applied together, then acknowledged with
+    /// [`Event::Applied`] carrying `generation`.
+    Commit {
+        /// The updates, in order.
+        updates: Arc<[Update]>,
+        /// Generation number of this commit (increasing).
+        generation: u64,
     },
 }
 
@@ -62,8 +100,21 @@ pub enum Learned {
     },
 }
 
+/// A parsed `HELLO <user_id> [<token>]` datagram and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Worker that received it.
+    pub worker: usize,
+    /// The user it claims to be.
+    pub user: UserId,
+    /// The session token, if sent.
+    pub token: Option<Box<str>>,
+    /// Source address (as the worker's socket reports it).
+    pub src: SocketAddr,
+}
+
 /// Messages to the coordinator.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Event {
     /// A worker learned something.
     Learned {
@@ -74,13 +125,23 @@ pub enum Event {
         /// When.
         at: Instant,
     },
-    /// Stations that sent valid frames to a worker since its last report.
+    /// Stations that sent valid frames to a worker since its last report,
+    /// with the number of frames.
     Seen {
-        /// The callsigns.
-        ids: Vec<StationId>,
+        /// The callsigns and frame counts.
+        ids: Vec<(StationId, u32)>,
         /// When the report was made.
         at: Instant,
     },
+    /// A worker applied every commit up to `generation`.
+    Applied {
+        /// Worker index.
+        worker: usize,
+        /// Highest generation applied.
+        generation: u64,
+    },
+    /// Command channel traffic (from the socket threads).
+    Conn(ConnEvent),
     /// Print final statistics and exit (sent by main after the workers
     /// stopped).
     Shutdown,

@@ -434,10 +434,16 @@ fn voice_port_drops_unknown_sources() {
         for _ in 0..4 {
             s.send_to(b"HELLO 1", relay.voice).unwrap();
         }
+        for _ in 0..3 {
+            s.send_to(b"opus", relay.voice).unwrap();
+        }
         let mut buf = [0u8; 64];
         assert!(s.recv_from(&mut buf).is_err());
         let st = final_stats(&relay.stop());
-        assert_eq!(st["drop_unknown_source"], 4, "{engine}");
+        // No user is allowed: HELLOs are denied, the rest unknown sources.
+        assert_eq!(st["hello_denied"], 4, "{engine}");
+        assert_eq!(st["voice_hellos"], 4, "{engine}");
+        assert_eq!(st["drop_unknown_source"], 3, "{engine}");
         assert_eq!(st["tx_packets"], 0);
     }
 }

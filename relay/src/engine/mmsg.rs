@@ -5,11 +5,12 @@
 //!
 //! The socket stays blocking for sends (a full send buffer applies back
 //! pressure rather than dropping); receives use `MSG_DONTWAIT` after `poll`
-//! says a socket is readable, with [`WORKER_TICK`] as the poll timeout.
+//! says a socket is readable, with [`WORKER_TICK`] as the poll timeout. The
+//! worker's eventfd is polled too, so queued table updates wake it at once.
 
 use std::ffi::c_void;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use socket2::SockAddr;
@@ -90,6 +91,12 @@ impl MmsgEngine {
                 revents: 0,
             })
             .collect();
+        let wake_fd = ctx.wake.as_fd().as_raw_fd();
+        pfds.push(libc::pollfd {
+            fd: wake_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
         let timeout_ms = WORKER_TICK.as_millis() as libc::c_int;
         while !ctx.stopping() {
             ctx.apply_updates();
@@ -101,7 +108,12 @@ impl MmsgEngine {
             let n =
                 unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
             if n > 0 {
-                for i in 0..pfds.len() {
+                if pfds[fds.len()].revents & libc::POLLIN != 0 {
+                    // Readable, so this read does not block; it resets the
+                    // counter. The updates are applied at the loop's top.
+                    let _ = ctx.wake.read();
+                }
+                for i in 0..fds.len() {
                     if pfds[i].revents & (libc::POLLIN | libc::POLLERR) == 0 {
                         continue;
                     }

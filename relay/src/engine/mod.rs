@@ -9,8 +9,10 @@
 //! Loop order of both engines (STYLE.md practice 9): apply table updates,
 //! reap completions / receive a batch, process it through
 //! [`crate::batch::process`], submit the sends, report what was learned,
-//! timers (seen-report, limiter purge), publish counters, wait (bounded by
-//! [`WORKER_TICK`] so an idle worker still applies updates and stops).
+//! timers (seen-report, limiter purge), publish counters, wait. The wait
+//! ends on traffic, on the worker's eventfd (written by the coordinator after
+//! it queued updates, so a table change reaches an idle worker at once), or
+//! after [`WORKER_TICK`] (timers, shutdown).
 
 pub mod bufring;
 pub mod mmsg;
@@ -22,13 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use nix::sys::eventfd::EventFd;
 use socket2::Socket;
 
 use crate::config::{EngineChoice, EngineSizes};
 use crate::core::{Core, PortKind};
-use crate::metrics::{LocalCounters, WorkerCounters};
-use crate::update::{Event, Update};
+use crate::metrics::{LocalCounters, Metric, WorkerCounters};
+use crate::update::{Event, Hello, Update};
 
 /// Longest an idle worker sleeps before looking at updates and shutdown.
 pub const WORKER_TICK: Duration = Duration::from_millis(100);
@@ -67,6 +70,10 @@ pub struct WorkerCtx {
     pub updates: Receiver<Update>,
     /// Events to the coordinator.
     pub events: Sender<Event>,
+    /// HELLOs to the coordinator (bounded; full = dropped and counted).
+    pub hellos: Sender<Hello>,
+    /// Written by the coordinator after queueing updates.
+    pub wake: Arc<EventFd>,
     /// Published counters (this worker writes, the stats thread reads).
     pub counters: Arc<WorkerCounters>,
     /// Private counters.
@@ -93,6 +100,8 @@ impl WorkerCtx {
         core: Core,
         updates: Receiver<Update>,
         events: Sender<Event>,
+        hellos: Sender<Hello>,
+        wake: Arc<EventFd>,
         counters: Arc<WorkerCounters>,
         shutdown: Arc<AtomicBool>,
         sizes: EngineSizes,
@@ -105,6 +114,8 @@ impl WorkerCtx {
             core,
             updates,
             events,
+            hellos,
+            wake,
             counters,
             local: LocalCounters::default(),
             shutdown,
@@ -119,16 +130,43 @@ impl WorkerCtx {
         self.shutdown.load(Ordering::Relaxed)
     }
 
-    /// Applies every pending table update.
+    /// Applies every pending table update; acknowledges the highest commit
+    /// generation applied to the coordinator.
     pub fn apply_updates(&mut self) {
+        let mut generation = None;
         while let Ok(u) = self.updates.try_recv() {
             self.core.apply(&u);
+            if let Update::Commit { generation: g, .. } = u {
+                generation = Some(g);
+            }
+        }
+        if let Some(generation) = generation {
+            let _ = self.events.send(Event::Applied {
+                worker: self.index,
+                generation,
+            });
         }
     }
 
     /// Sends what the replica learned to the coordinator; runs the timers;
     /// publishes the counters.
     pub fn after_batch(&mut self, now: Instant) {
+        if self.core.has_hellos() {
+            let worker = self.index;
+            let mut overflow = 0;
+            for h in self.core.take_hellos() {
+                let msg = Hello {
+                    worker,
+                    user: h.user,
+                    token: h.token,
+                    src: h.src,
+                };
+                if let Err(TrySendError::Full(_)) = self.hellos.try_send(msg) {
+                    overflow += 1;
+                }
+            }
+            self.local.add(Metric::DropHelloOverflow, overflow);
+        }
         if self.core.has_learned() {
             for what in self.core.take_learned() {
                 // The coordinator outlives the workers; a send error means it

@@ -8,8 +8,12 @@
 //! reference count is the number of sends in flight, and it goes back to the
 //! buffer ring when the last one completes.
 //!
-//! user_data: op kind in the top byte ([`OP_RECV`], [`OP_SEND`]), socket
-//! index or slot index in the low bits.
+//! user_data: op kind in the top byte ([`OP_RECV`], [`OP_SEND`],
+//! [`OP_WAKE`]), socket index or slot index in the low bits.
+//!
+//! Wake-up: one `Read` on the worker's eventfd is always armed; the
+//! coordinator writes the eventfd after queueing table updates, the read
+//! completes, the wait returns, and the loop applies the updates.
 //!
 //! Failure handling: a receive completion without `IORING_CQE_F_MORE`
 //! (ENOBUFS when every buffer is in flight, or any error) clears the socket's
@@ -19,7 +23,7 @@
 use std::ffi::c_void;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,6 +44,8 @@ const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 /// user_data kind of a cancel request at shutdown.
 const OP_CANCEL: u64 = 3;
+/// user_data kind of the read on the worker's eventfd (a wake-up).
+const OP_WAKE: u64 = 4;
 
 fn user_data(op: u64, idx: usize) -> u64 {
     (op << OP_SHIFT) | idx as u64
@@ -67,6 +73,10 @@ pub struct UringEngine {
     free: Vec<u16>,
     refs: Vec<u16>,
     armed: Vec<bool>,
+    /// The eventfd read is in flight.
+    wake_armed: bool,
+    /// Where the eventfd read writes its 8 bytes (boxed: never moves).
+    wake_buf: Box<u64>,
     cqes: Vec<(u64, i32, u32)>,
     setup: &'static str,
 }
@@ -155,6 +165,8 @@ impl UringEngine {
             slots,
             free,
             armed: vec![false; ctx.sockets.len()],
+            wake_armed: false,
+            wake_buf: Box::new(0),
             cqes: Vec::with_capacity(cq as usize),
             setup,
         })
@@ -171,6 +183,7 @@ impl UringEngine {
             self.slots.len()
         );
         let fds: Vec<i32> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let wake_fd = ctx.wake.as_fd().as_raw_fd();
         let tick = types::Timespec::new()
             .sec(WORKER_TICK.as_secs())
             .nsec(WORKER_TICK.subsec_nanos());
@@ -188,6 +201,8 @@ impl UringEngine {
                     free,
                     refs,
                     armed,
+                    wake_armed,
+                    wake_buf,
                     cqes,
                     ..
                 } = self;
@@ -226,6 +241,11 @@ impl UringEngine {
                         if *r == 0 {
                             bufs.push(bid);
                         }
+                        continue;
+                    }
+                    if op == OP_WAKE {
+                        // Updates are applied at the top of the next loop.
+                        *wake_armed = false;
                         continue;
                     }
                     if op != OP_RECV || idx >= armed.len() {
@@ -322,6 +342,15 @@ impl UringEngine {
                         ctx.local.inc(Metric::RecvRearms);
                     }
                 }
+                if !*wake_armed {
+                    let buf: *mut u64 = &mut **wake_buf;
+                    let sqe = opcode::Read::new(types::Fd(wake_fd), buf.cast::<u8>(), 8)
+                        .build()
+                        .user_data(user_data(OP_WAKE, 0));
+                    if push_sqe(&submitter, &mut sq, &sqe) {
+                        *wake_armed = true;
+                    }
+                }
                 bufs.publish();
                 sq.sync();
                 drop(sq);
@@ -354,6 +383,10 @@ impl UringEngine {
                     .user_data(user_data(OP_CANCEL, i));
                 push_sqe(&submitter, &mut sq, &sqe);
             }
+            let sqe = opcode::AsyncCancel::new(user_data(OP_WAKE, 0))
+                .build()
+                .user_data(user_data(OP_CANCEL, 0));
+            push_sqe(&submitter, &mut sq, &sqe);
             sq.sync();
         }
         let tick = types::Timespec::new().nsec(10_000_000);
@@ -366,7 +399,12 @@ impl UringEngine {
                     self.free.push(idx);
                     if cqe.result() >= 0 {
                         ctx.local.inc(Metric::TxPackets);
-                        ctx.local.inc(Metric::OvpForwarded);
+                        ctx.local.add(Metric::TxBytes, cqe.result() as u64);
+                        let port = self.slots.get(usize::from(idx)).map(|s| s.port);
+                        ctx.local.inc(match port {
+                            Some(PortKind::Voice) => Metric::VoiceForwarded,
+                            _ => Metric::OvpForwarded,
+                        });
                     }
                 }
             }
@@ -388,8 +426,8 @@ fn push_sqe(
         // completion: a send's msghdr/iovec/sockaddr live in a send slot that
         // is not reused before its completion, and its data buffer is not
         // returned to the buffer ring before its reference count reaches 0;
-        // the receive msghdr is boxed in the engine; all of them outlive the
-        // ring (drain + field order).
+        // the receive msghdr and the eventfd read's 8-byte buffer are boxed
+        // in the engine; all of them outlive the ring (drain + field order).
         if unsafe { sq.push(sqe) }.is_ok() {
             return true;
         }

@@ -22,7 +22,10 @@ pub struct Relay {
     pub ovp: SocketAddr,
     pub voice: SocketAddr,
     pub ready_line: String,
+    /// The command socket.
+    pub socket: std::path::PathBuf,
     stderr: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Outcome of a start attempt.
@@ -52,8 +55,23 @@ fn spawn_stderr_reader(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> 
 
 /// Starts `whelm-relay` with `args` and waits (bounded) for its ready line.
 pub fn try_start(args: &[&str]) -> Start {
+    // Every relay gets its own command socket (unless the test names one),
+    // so parallel tests never meet at the default path.
+    let (dir, socket) = match args.iter().position(|a| *a == "--control-socket") {
+        Some(i) => (None, std::path::PathBuf::from(args[i + 1])),
+        None => {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("relay.sock");
+            (Some(d), p)
+        }
+    };
+    let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if dir.is_some() {
+        full.push("--control-socket".into());
+        full.push(socket.display().to_string());
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_whelm-relay"))
-        .args(args)
+        .args(&full)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -87,7 +105,9 @@ pub fn try_start(args: &[&str]) -> Start {
                 voice: field("voice="),
                 ready_line: line.clone(),
                 child: Some(child),
+                socket,
                 stderr,
+                _dir: dir,
             })
         }
         Err(_) => {
@@ -146,6 +166,11 @@ pub fn start(engine: &str, extra: &[&str]) -> Option<Relay> {
 }
 
 impl Relay {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// The stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

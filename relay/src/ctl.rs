@@ -1,0 +1,2 @@
+//! `whelm-relay ctl`: the operator's view through the command socket (in
+//! progress).
