@@ -87,10 +87,19 @@ pub struct LimitsState {
     pub station_burst: u32,
 }
 
-/// One reply waiting for every worker to apply generation `generation`.
+/// Who a queued line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// One connection (a reply).
+    Conn(u64),
+    /// Every control connection (an event).
+    Controls,
+}
+
+/// One line waiting for every worker to apply generation `generation`.
 struct Pending {
     generation: u64,
-    conn: u64,
+    to: Target,
     line: Vec<u8>,
 }
 
@@ -336,7 +345,7 @@ impl Coordinator {
                         "command connection gone; installed state stays"
                     );
                 }
-                self.pending.retain(|p| p.conn != conn);
+                self.pending.retain(|p| p.to != Target::Conn(conn));
             }
             ConnEvent::Invalid {
                 conn,
@@ -433,14 +442,37 @@ impl Coordinator {
     /// Sends a reply once every worker applied `generation`, in request order.
     fn reply(&mut self, conn: u64, id: u64, outcome: Outcome, generation: u64) {
         let line = channel::encode(&RelayMsg::Reply { id, outcome });
+        self.queue(Target::Conn(conn), line, generation);
+    }
+
+    /// Sends `line` once every worker applied `generation`, after every
+    /// line queued before it.
+    fn queue(&mut self, to: Target, line: Vec<u8>, generation: u64) {
         if self.pending.is_empty() && generation <= self.min_applied() {
-            self.deliver(conn, line);
+            self.send_to(to, line);
         } else {
             self.pending.push_back(Pending {
                 generation,
-                conn,
+                to,
                 line,
             });
+        }
+    }
+
+    fn send_to(&mut self, to: Target, line: Vec<u8>) {
+        match to {
+            Target::Conn(c) => self.deliver(c, line),
+            Target::Controls => {
+                let ids: Vec<u64> = self
+                    .conns
+                    .values()
+                    .filter(|c| c.role == Role::Control)
+                    .map(|c| c.id)
+                    .collect();
+                for id in ids {
+                    self.deliver(id, line.clone());
+                }
+            }
         }
     }
 
@@ -448,7 +480,7 @@ impl Coordinator {
         let min = self.min_applied();
         while self.pending.front().is_some_and(|p| p.generation <= min) {
             if let Some(p) = self.pending.pop_front() {
-                self.deliver(p.conn, p.line);
+                self.send_to(p.to, p.line);
             }
         }
     }
@@ -469,20 +501,15 @@ impl Coordinator {
         }
     }
 
+    /// An event to every control connection, after every worker applied
+    /// the latest commit (a `voice_registered` means the routes are live).
     fn tell_controls(&mut self, ev: channel::Event) {
-        let ids: Vec<u64> = self
-            .conns
-            .values()
-            .filter(|c| c.role == Role::Control)
-            .map(|c| c.id)
-            .collect();
-        if ids.is_empty() {
+        if !self.conns.values().any(|c| c.role == Role::Control) {
             return;
         }
         let line = channel::encode(&RelayMsg::Event(ev));
-        for id in ids {
-            self.deliver(id, line.clone());
-        }
+        let generation = self.generation;
+        self.queue(Target::Controls, line, generation);
     }
 
     fn sample_rates(&mut self, now: Instant) {

@@ -110,8 +110,9 @@ struct ByteBucket {
 impl ByteBucket {
     fn new(bytes_per_sec: u64) -> ByteBucket {
         let rate = bytes_per_sec as f64;
-        // 20 ms of traffic, at least a few full-size datagrams.
-        let burst = (rate / 50.0).max(4.0 * 1500.0);
+        // 100 ms of traffic (a scheduling hiccup of the sender), at least a
+        // few full-size datagrams.
+        let burst = (rate / 10.0).max(4.0 * 1500.0);
         ByteBucket {
             rate,
             burst,
@@ -914,17 +915,17 @@ mod tests {
             DropReason::PartnerNotRegistered
         );
         c.apply(&Update::VoiceRoute { src: a, dest: b });
-        // A route forwards HELLO-free datagrams, within the bucket: 6000
+        // A route forwards HELLO-free datagrams, within the bucket: 10,000
         // bytes of burst, then 100 bytes per millisecond.
         let pkt = [0u8; 1000];
         let mut ok = 0;
-        for _ in 0..10 {
+        for _ in 0..14 {
             if let Decision::Forward(f) = c.decide(&pkt, a, PortKind::Voice, t) {
                 assert_eq!(f.iter().copied().collect::<Vec<_>>(), vec![b]);
                 ok += 1;
             }
         }
-        assert_eq!(ok, 6);
+        assert_eq!(ok, 10);
         assert_eq!(
             drop_reason(c.decide(&pkt, a, PortKind::Voice, t)),
             DropReason::Bandwidth

@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 use whelm_relay::config::{Cli, Config};
 
 fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        return ctl();
+    }
     let cli = Cli::parse();
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
@@ -32,6 +35,23 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("whelm-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `whelm-relay ctl ...`: the table (or JSON) on stdout, errors on stderr,
+/// exit 1 when the relay is not running or refuses.
+fn ctl() -> std::process::ExitCode {
+    let cli = whelm_relay::ctl::CtlCli::parse_from(std::env::args_os().skip(1));
+    match whelm_relay::ctl::run(&cli) {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", text.trim_end());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("whelm-relay ctl: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

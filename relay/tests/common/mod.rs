@@ -370,3 +370,141 @@ pub fn vector_frames() -> Vec<(String, Vec<Vec<u8>>)> {
     }
     out
 }
+
+/// A command channel client for the tests (a fake control, or an operator).
+pub struct Control {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    next_id: u64,
+    /// Events received while waiting for replies, oldest first.
+    pub events: std::collections::VecDeque<whelm_shared::channel::Event>,
+}
+
+impl Control {
+    /// Connects without a handshake.
+    pub fn connect_raw(path: &std::path::Path) -> Control {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Control {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+            next_id: 1,
+            events: Default::default(),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub fn connect(path: &std::path::Path, role: whelm_shared::channel::Role) -> Control {
+        let mut c = Control::connect_raw(path);
+        c.send(&whelm_shared::channel::ClientMsg::Hello {
+            version: whelm_shared::channel::PROTOCOL_VERSION,
+            role,
+            agent: "relay test".into(),
+        });
+        match c.read_msg() {
+            Some(whelm_shared::channel::RelayMsg::Welcome { version, .. }) => {
+                assert_eq!(version, whelm_shared::channel::PROTOCOL_VERSION)
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        c
+    }
+
+    pub fn send(&mut self, msg: &whelm_shared::channel::ClientMsg) {
+        self.raw(&whelm_shared::channel::encode(msg));
+    }
+
+    pub fn raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// The next message; None at EOF. Panics after the 30 s read timeout.
+    pub fn read_msg(&mut self) -> Option<whelm_shared::channel::RelayMsg> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read from relay");
+        if n == 0 {
+            return None;
+        }
+        Some(whelm_shared::channel::decode(line.as_bytes()).unwrap())
+    }
+
+    /// The reply to request `id`, keeping events for later.
+    pub fn reply(&mut self, id: u64) -> whelm_shared::channel::Outcome {
+        use whelm_shared::channel::RelayMsg;
+        for _ in 0..100_000 {
+            match self.read_msg() {
+                Some(RelayMsg::Reply { id: got, outcome }) => {
+                    assert_eq!(got, id, "replies in order");
+                    return outcome;
+                }
+                Some(RelayMsg::Event(e)) => self.events.push_back(e),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("no reply to {id}");
+    }
+
+    /// Sends a command and returns its outcome.
+    pub fn request(
+        &mut self,
+        command: whelm_shared::channel::Command,
+    ) -> whelm_shared::channel::Outcome {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&whelm_shared::channel::ClientMsg::Request { id, command });
+        self.reply(id)
+    }
+
+    /// Sends a command that must succeed.
+    pub fn ok(&mut self, command: whelm_shared::channel::Command) {
+        let c = format!("{command:?}");
+        let o = self.request(command);
+        assert_eq!(o, whelm_shared::channel::Outcome::Ok, "{c}");
+    }
+
+    pub fn snapshot(&mut self) -> whelm_shared::channel::State {
+        match self.request(whelm_shared::channel::Command::Snapshot) {
+            whelm_shared::channel::Outcome::Snapshot(s) => s,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    pub fn counters(&mut self) -> whelm_shared::channel::Counters {
+        match self.request(whelm_shared::channel::Command::Counters) {
+            whelm_shared::channel::Outcome::Counters(c) => c,
+            o => panic!("{o:?}"),
+        }
+    }
+
+    /// Waits (bounded) for an event matching `pred`, consuming events before
+    /// it.
+    pub fn wait_event(
+        &mut self,
+        mut pred: impl FnMut(&whelm_shared::channel::Event) -> bool,
+    ) -> whelm_shared::channel::Event {
+        use whelm_shared::channel::RelayMsg;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Some(e) = self.events.pop_front() {
+                if pred(&e) {
+                    return e;
+                }
+            }
+            assert!(Instant::now() < deadline, "event not seen in 30 s");
+            match self.read_msg() {
+                Some(RelayMsg::Event(e)) => self.events.push_back(e),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// Sum of one drop counter over the workers.
+pub fn drops(c: &whelm_shared::channel::Counters, key: &str) -> u64 {
+    c.workers
+        .iter()
+        .map(|w| w.drops.get(key).copied().unwrap_or(0))
+        .sum()
+}
