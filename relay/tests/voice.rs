@@ -491,3 +491,75 @@ fn ctl_shows_users_calls_stations_counters() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("is whelm-relay running"));
     relay.stop();
 }
+
+/// `SO_PEERCRED`: a peer that can open the socket file (it is in the
+/// socket's group) but whose uid/gid the relay does not allow is refused
+/// and logged; allowing its group by config lets it in.
+#[test]
+fn peer_credentials_are_checked() {
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("NOTICE: needs root and setpriv; skipping");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for (extra, allowed) in [("", false), ("control_gids = [65533]\n", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("relay.sock");
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(&cfg, format!("control_socket_group = \"65533\"\n{extra}")).unwrap();
+        let relay = start(
+            "mmsg",
+            &[
+                "--workers",
+                "1",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--control-socket",
+                sock.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let meta = std::fs::metadata(&sock).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        let out = std::process::Command::new("/usr/bin/setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--groups=65533",
+                env!("CARGO_BIN_EXE_whelm-relay"),
+                "ctl",
+                "--socket",
+                sock.to_str().unwrap(),
+                "counters",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if allowed {
+            assert!(out.status.success(), "{err}");
+        } else {
+            assert!(!out.status.success());
+            assert!(err.contains("refused the connection"), "{err}");
+            assert!(
+                !err.contains("Permission denied"),
+                "the file mode, not SO_PEERCRED, stopped it: {err}"
+            );
+            let log = relay.stderr();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !relay.stderr().contains("uid=65534") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let log = if log.contains("uid=65534") {
+                log
+            } else {
+                relay.stderr()
+            };
+            assert!(
+                log.contains("refused connection from pid=") && log.contains("uid=65534 gid=65534"),
+                "{log}"
+            );
+        }
+        relay.stop();
+    }
+}
