@@ -446,13 +446,11 @@ fn voice_call(engine: &'static str) {
 }
 
 #[test]
-#[ignore = "needs relay command channel (issue 5 relay side)"]
 fn voice_call_mmsg() {
     voice_call("mmsg");
 }
 
 #[test]
-#[ignore = "needs relay command channel (issue 5 relay side)"]
 fn voice_call_uring() {
     voice_call("uring");
 }
@@ -547,14 +545,13 @@ fn sigkill(child: &mut Child) {
 }
 
 #[test]
-#[ignore = "needs relay command channel (issue 5 relay side)"]
 fn control_killed_during_50_calls_and_restarted() {
     const CALLS: usize = 50;
     const GRACE: &str = "6";
-    let Some((mut sys, args)) = start_system(
-        "mmsg",
-        &["--heartbeat-timeout", GRACE, "--heartbeat-check", "0.25"],
-    ) else {
+    // The first control keeps the default heartbeat timeout (the clients
+    // send no HEARTBEAT while it runs); the restarted one has a short one,
+    // which is also its grace period for adopted users.
+    let Some((mut sys, _)) = start_system("mmsg", &[]) else {
         return;
     };
     let relay = sys.relay.voice;
@@ -601,8 +598,13 @@ fn control_killed_during_50_calls_and_restarted() {
     }
 
     // Control comes back with the same database and socket and adopts.
+    let args = control_args(
+        &sys.relay.sock,
+        &["--heartbeat-timeout", GRACE, "--heartbeat-check", "0.25"],
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     sys.control = Server::start(&sys.db, &args);
+    let t0 = Instant::now();
     let server = sys.control.addr;
     // Calls 0..5: both come back. Calls 5..10: only the caller.
     for k in 0..10 {
@@ -634,9 +636,16 @@ fn control_killed_during_50_calls_and_restarted() {
     }
     // The grace period ends: callers of calls 5..10 hear their partner hang
     // up; calls 10.. (nobody came back) are removed from the relay.
+    // Halfway through it, the sessions that must outlive it heartbeat
+    // (their own timeout is as short as the grace period).
+    thread::sleep((t0 + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
     for k in 5..10 {
         let u = &mut users[2 * k];
         u.ctl().send("HEARTBEAT");
+    }
+    for u in &mut users[2 * CALLS..] {
+        u.ctl().send("HEARTBEAT");
+        u.ctl().expect("OK HEARTBEAT");
     }
     for k in 5..10 {
         let partner = users[2 * k + 1].id;
@@ -670,7 +679,6 @@ fn control_killed_during_50_calls_and_restarted() {
 }
 
 #[test]
-#[ignore = "needs relay command channel (issue 5 relay side)"]
 fn relay_restarted_during_calls() {
     let Some((mut sys, _)) = start_system("mmsg", &[]) else {
         return;
