@@ -77,7 +77,7 @@ fn start(bin: &str, db: &str) -> Server {
             "--max-calls",
             "1000000",
         ])
-        .args(["--max-connections", "30000"])
+        .args(["--max-connections", "30000", "--metrics-listen", "off"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// Whelm Voice control plane: sessions, presence, calls, instant messages.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "whelm-control", version, about)]
 pub struct Cli {
     /// TOML config file (flags override it).
@@ -35,9 +35,14 @@ pub struct Cli {
     /// A new connection must AUTH within this long [default: 10].
     #[arg(long, value_name = "SECS")]
     pub auth_timeout: Option<f64>,
-    /// Concurrent calls, ringing or active [default: 400].
+    /// Concurrent calls, ringing or active [default: 400]. Used when
+    /// --max-calls-per-core is 0 or the relay's worker count is unknown.
     #[arg(long, value_name = "N")]
     pub max_calls: Option<usize>,
+    /// Calls per relay worker (core): the limit becomes the relay's worker
+    /// count times this; 0 uses --max-calls [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_calls_per_core: Option<usize>,
     /// Open connections [default: 20000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -56,13 +61,39 @@ pub struct Cli {
     /// Unwritten reply bytes before a client is dropped [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_outbuf: Option<usize>,
+    /// Log filter, e.g. `info` or `whelm_control=debug` [default: info;
+    /// env WHELM_LOG, else RUST_LOG].
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// More logging: -v debug, -vv trace (unless --log is given).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Prometheus endpoint, `off` to disable [default: 127.0.0.1:9501;
+    /// env WHELM_METRICS_LISTEN].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Seconds between summary lines in the log, 0 for none [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub summary_interval: Option<f64>,
+    /// Second listener speaking the line protocol over TLS [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain for --tls-listen (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-listen (re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Validate the configuration, print it (secrets masked) and exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Sub>,
 }
 
 /// Subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Sub {
     /// Manage users.
     User {
@@ -75,7 +106,7 @@ pub enum Sub {
 }
 
 /// `user ...`
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum UserCmd {
     /// Create a user; prints its new session token.
     Add {

@@ -45,6 +45,9 @@ pub enum Input {
     Relay(RelayInput),
     /// SIGTERM/SIGINT: mark everyone offline and close every session.
     Shutdown,
+    /// SIGHUP reloaded the configuration: new limits and timers for what
+    /// happens from now on (sessions and calls in progress are untouched).
+    Reconfigure(Box<crate::machine::MachineConfig>),
 }
 
 /// What the state machine asks the runtime to do, in order.
@@ -105,6 +108,8 @@ pub enum RelayInput {
         bps_out: u64,
         /// The relay's limit each way.
         bps_limit: u64,
+        /// The relay's worker count (cores it forwards on).
+        workers: usize,
     },
 }
 

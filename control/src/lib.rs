@@ -16,7 +16,12 @@
 //!   sends the machine's requests, feeds replies and events back as
 //!   [`jobs::Input::Relay`]; reconnects with backoff.
 //! - [`runtime`]: starts the threads and runs the machine loop and its tick.
-//! - [`config`], [`cli`], [`dsn`]: settings, the command line, DSN parsing.
+//! - [`config`], [`cli`], [`dsn`]: settings (flags > environment > file >
+//!   defaults, strict validation), the command line, DSN parsing.
+//! - [`observe`]: operations: systemd notification (READY, WATCHDOG fed
+//!   from the machine loop, STOPPING, STATUS), the Prometheus endpoint, the
+//!   summary line and SIGHUP reload. [`metrics`] names every metric;
+//!   [`logging`] sets up tracing; [`tls`] loads the TLS certificate.
 //! - [`jobs`]: the plain data passed between all of the above.
 
 pub mod cli;
@@ -24,8 +29,12 @@ pub mod config;
 pub mod dsn;
 pub mod framing;
 pub mod jobs;
+pub mod logging;
 pub mod machine;
+pub mod metrics;
 pub mod net;
+pub mod observe;
 pub mod relay_link;
 pub mod runtime;
 pub mod store;
+pub mod tls;

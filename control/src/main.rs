@@ -5,20 +5,23 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use whelm_control::cli::{Cli, Sub, UserCmd};
-use whelm_control::config::{Config, db_target};
+use whelm_control::config::{Config, LOG_ENV, db_target};
+use whelm_control::logging::{self, LogHandle};
+use whelm_control::runtime::Options;
 use whelm_control::store;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
-    match run(&cli) {
+    // The filter of the environment or flags until the configuration is
+    // read; then the configured one.
+    let early = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var(LOG_ENV).ok())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let log = logging::init(&early);
+    match run(&cli, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("whelm-control: error: {e:#}");
@@ -34,12 +37,24 @@ fn valid_username(name: &str) -> bool {
 }
 
 #[allow(clippy::print_stdout)]
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
     let Some(cmd) = &cli.command else {
         let cfg = Config::from_cli(cli)?;
+        if cli.check_config {
+            if let Some(t) = &cfg.tls {
+                whelm_control::tls::load(&t.cert, &t.key)?;
+            }
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        logging::set_filter(&log, &cfg.log)?;
         let store = store::open(&cfg.db).with_context(|| format!("opening store {}", cfg.db))?;
-        return whelm_control::runtime::serve(&cfg, store, |addr, store, relay| {
-            println!("whelm-control ready: listen={addr} store={store} relay={relay}");
+        let opts = Options {
+            cli: cli.clone(),
+            log: Some(log),
+        };
+        return whelm_control::runtime::serve(&cfg, store, opts, |ready| {
+            println!("{}", ready.line());
         });
     };
     let file_db = match &cli.config {

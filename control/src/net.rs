@@ -8,11 +8,18 @@
 //! replies exceed `max_outbuf` is dropped (a client that does not read never
 //! blocks anyone). Each connection's reads per wake-up are budgeted, so one
 //! busy client cannot starve the others.
+//!
+//! The optional TLS listener's connections live in the same table: each
+//! holds a `rustls::ServerConnection` driven on readiness (`read_tls`,
+//! `process_new_packets`, plaintext through the same framer; replies
+//! through `writer()` and `write_tls`), so TLS sessions share the machine,
+//! the limits and the queues of plain ones.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -22,11 +29,14 @@ use whelm_shared::line::{Command, ErrorReply, LineError, Reply};
 
 use crate::framing::{Frame, Framer};
 use crate::jobs::{Input, SessionId};
+use crate::logging::RateLimited;
+use crate::metrics::Metrics;
 
 const LISTENER: Token = Token(0);
 /// The token of the waker the machine thread uses.
 pub const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const TLS_LISTENER: Token = Token(2);
+const FIRST_CONN: usize = 3;
 /// Shared read buffer.
 const READ_BUF: usize = 64 * 1024;
 /// Reads per connection per wake-up before others get a turn.
@@ -54,6 +64,46 @@ pub enum NetCmd {
     Close(SessionId),
     /// Stop accepting; close everything once flushed (bounded wait); exit.
     Shutdown,
+    /// SIGHUP: new limits for new events (connections over a new limit stay
+    /// open) and, with TLS, a new certificate for new connections.
+    Reconfigure(NetConfig, Option<Arc<rustls::ServerConfig>>),
+}
+
+/// Where the network thread tells the watchdog it is alive: milliseconds
+/// since `epoch` at its latest loop iteration.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Shared reference time.
+    pub epoch: Instant,
+    /// Written by the network thread, read by the machine thread.
+    pub at_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// A new cell, "now".
+    pub fn new() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            at_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the network thread last went round its loop.
+    pub fn age(&self, now: Instant) -> Duration {
+        let at = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(self.epoch).saturating_sub(at)
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
 }
 
 struct Conn {
@@ -67,6 +117,8 @@ struct Conn {
     closing: bool,
     /// WRITABLE interest is registered.
     want_write: bool,
+    /// The TLS state of a connection from the TLS listener.
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// The network thread's state.
@@ -86,6 +138,13 @@ pub struct Net {
     again: Vec<usize>,
     /// Connections with bytes to write.
     dirty: Vec<usize>,
+    tls_listener: Option<TcpListener>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<Metrics>,
+    progress: Progress,
+    /// Longest poll wait, so that `progress` moves on an idle server.
+    idle_wait: Duration,
+    accept_errors: RateLimited,
 }
 
 impl Net {
@@ -116,9 +175,37 @@ impl Net {
                 cfg,
                 again: Vec::new(),
                 dirty: Vec::new(),
+                tls_listener: None,
+                tls_config: None,
+                metrics: Arc::new(Metrics::default()),
+                progress: Progress::new(),
+                idle_wait: Duration::from_secs(1),
+                accept_errors: RateLimited::new(Duration::from_secs(10)),
             },
             waker,
         ))
+    }
+
+    /// Adds the TLS listener and its certificate.
+    pub fn set_tls(
+        &mut self,
+        mut listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut listener, TLS_LISTENER, Interest::READABLE)?;
+        self.tls_listener = Some(listener);
+        self.tls_config = Some(config);
+        Ok(())
+    }
+
+    /// Where connection counts go, and where liveness is reported (the
+    /// poll never waits longer than `idle_wait`).
+    pub fn observe(&mut self, metrics: Arc<Metrics>, progress: Progress, idle_wait: Duration) {
+        self.metrics = metrics;
+        self.progress = progress;
+        self.idle_wait = idle_wait.max(Duration::from_millis(10));
     }
 
     /// Runs until [`NetCmd::Shutdown`] (or the machine is gone).
@@ -132,21 +219,23 @@ impl Net {
             } else if shutdown_at.is_some() {
                 Some(Duration::from_millis(20))
             } else {
-                None
+                Some(self.idle_wait)
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "poll failed; network thread stops");
-                    return;
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "poll failed; network thread stops");
+                return;
             }
+            self.progress.mark();
             let again = std::mem::take(&mut self.again);
             for idx in again {
                 self.read(idx, &mut buf);
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     WAKER => {}
                     Token(t) => {
                         let idx = t - FIRST_CONN;
@@ -170,8 +259,17 @@ impl Net {
                             self.dirty.push(idx);
                         }
                     }
+                    Ok(NetCmd::Reconfigure(cfg, tls)) => {
+                        self.cfg = cfg;
+                        if tls.is_some() {
+                            self.tls_config = tls;
+                        }
+                    }
                     Ok(NetCmd::Shutdown) => {
                         if let Some(mut l) = self.listener.take() {
+                            let _ = self.poll.registry().deregister(&mut l);
+                        }
+                        if let Some(mut l) = self.tls_listener.take() {
                             let _ = self.poll.registry().deregister(&mut l);
                         }
                         shutdown_at.get_or_insert_with(Instant::now);
@@ -187,17 +285,22 @@ impl Net {
             for idx in dirty {
                 self.flush(idx);
             }
-            if let Some(t) = shutdown_at {
-                if self.open == 0 || t.elapsed() > Duration::from_secs(2) {
-                    return;
-                }
+            if let Some(t) = shutdown_at
+                && (self.open == 0 || t.elapsed() > Duration::from_secs(2))
+            {
+                return;
             }
         }
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, tls: bool) {
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if tls {
+                self.tls_listener.as_ref()
+            } else {
+                self.listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (mut stream, peer) = match listener.accept() {
@@ -205,8 +308,11 @@ impl Net {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next event.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: log (rate-limited) and retry on
+                    // the next event.
+                    if let Some(held) = self.accept_errors.allow(Instant::now()) {
+                        tracing::warn!(error = %e, similar_errors_not_logged = held, "accept failed");
+                    }
                     return;
                 }
             };
@@ -216,8 +322,27 @@ impl Net {
                 || (self.cfg.max_per_ip > 0 && per_ip >= self.cfg.max_per_ip)
             {
                 tracing::debug!(%peer, "connection refused: limit reached");
-                let _ = stream.write(&Reply::Error(ErrorReply::AtCapacity).to_wire());
+                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                if !tls {
+                    let _ = stream.write(&Reply::Error(ErrorReply::AtCapacity).to_wire());
+                }
                 continue;
+            }
+            let tls_conn = match (&self.tls_config, tls) {
+                (Some(cfg), true) => match rustls::ServerConnection::new(cfg.clone()) {
+                    Ok(c) => Some(Box::new(c)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS session setup failed");
+                        self.metrics.tls_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            if tls {
+                self.metrics.accepted_tls.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.metrics.accepted_tcp.fetch_add(1, Ordering::Relaxed);
             }
             let _ = stream.set_nodelay(true);
             let idx = match self.free.pop() {
@@ -247,6 +372,7 @@ impl Net {
                 out_pos: 0,
                 closing: false,
                 want_write: false,
+                tls: tls_conn,
             });
             self.by_session.insert(session, idx);
             *self.per_ip.entry(ip).or_insert(0) += 1;
@@ -270,27 +396,59 @@ impl Net {
             return;
         }
         let session = c.session;
+        let Conn {
+            stream,
+            framer,
+            tls,
+            ..
+        } = c;
+        let mut feed = |bytes: &[u8]| {
+            framer.feed(bytes, |fr| {
+                let line = match fr {
+                    Frame::Line(l) => Command::parse(l),
+                    Frame::TooLong => Err(LineError::TooLong),
+                };
+                let _ = machine.send(Input::Line { session, line });
+            });
+        };
         let mut gone = false;
+        let mut tls_failed = false;
         let mut reads = 0;
         loop {
             if reads == READ_BUDGET {
                 self.again.push(idx);
                 break;
             }
-            match c.stream.read(buf) {
+            let got = match tls.as_mut() {
+                None => stream.read(buf),
+                Some(t) => t.read_tls(stream),
+            };
+            match got {
                 Ok(0) => {
                     gone = true;
                     break;
                 }
                 Ok(n) => {
                     reads += 1;
-                    c.framer.feed(&buf[..n], |fr| {
-                        let line = match fr {
-                            Frame::Line(l) => Command::parse(l),
-                            Frame::TooLong => Err(LineError::TooLong),
-                        };
-                        let _ = machine.send(Input::Line { session, line });
-                    });
+                    let Some(t) = tls.as_mut() else {
+                        feed(&buf[..n]);
+                        continue;
+                    };
+                    if let Err(e) = t.process_new_packets() {
+                        tracing::debug!(session = session.0, error = %e, "TLS error");
+                        // Best effort: tell the peer why (the alert).
+                        let _ = t.write_tls(stream);
+                        tls_failed = true;
+                        gone = true;
+                        break;
+                    }
+                    match drain_plaintext(t, buf, &mut feed) {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => {
+                            gone = true;
+                            break;
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -300,8 +458,14 @@ impl Net {
                 }
             }
         }
+        let handshake_out = tls.as_ref().is_some_and(|t| t.wants_write());
+        if tls_failed {
+            self.metrics.tls_errors.fetch_add(1, Ordering::Relaxed);
+        }
         if gone {
             self.drop_conn(idx, true);
+        } else if handshake_out {
+            self.dirty.push(idx);
         }
     }
 
@@ -331,27 +495,15 @@ impl Net {
         let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
-        let mut failed = false;
-        while c.out_pos < c.out.len() {
-            match c.stream.write(&c.out[c.out_pos..]) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
+        let failed = match c.tls.as_mut() {
+            None => write_plain(&mut c.stream, &c.out, &mut c.out_pos),
+            Some(t) => write_tls(t, &mut c.stream, &c.out, &mut c.out_pos),
+        };
         if failed {
             self.drop_conn(idx, true);
             return;
         }
-        let done = c.out_pos == c.out.len();
+        let done = c.out_pos == c.out.len() && !c.tls.as_ref().is_some_and(|t| t.wants_write());
         if done {
             c.out.clear();
             c.out_pos = 0;
@@ -359,6 +511,10 @@ impl Net {
                 c.out = Vec::new();
             }
             if c.closing {
+                if let Some(t) = c.tls.as_mut() {
+                    t.send_close_notify();
+                    let _ = t.write_tls(&mut c.stream);
+                }
                 self.drop_conn(idx, false);
                 return;
             }
@@ -401,6 +557,72 @@ impl Net {
             let _ = self
                 .machine
                 .send(Input::Disconnected { session: c.session });
+        }
+    }
+}
+
+/// Hands every plaintext byte rustls has decrypted to `feed`. `Ok(false)`
+/// when the peer closed the TLS session.
+fn drain_plaintext(
+    t: &mut rustls::ServerConnection,
+    buf: &mut [u8],
+    feed: &mut impl FnMut(&[u8]),
+) -> io::Result<bool> {
+    loop {
+        match t.reader().read(buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `out[pos..]` to a plain stream; `true` when the connection failed.
+fn write_plain(stream: &mut TcpStream, out: &[u8], pos: &mut usize) -> bool {
+    while *pos < out.len() {
+        match stream.write(&out[*pos..]) {
+            Ok(0) => return true,
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Moves `out[pos..]` into rustls (as much as its buffer takes) and writes
+/// TLS records until the socket would block; `true` when it failed.
+fn write_tls(
+    t: &mut rustls::ServerConnection,
+    stream: &mut TcpStream,
+    out: &[u8],
+    pos: &mut usize,
+) -> bool {
+    loop {
+        while *pos < out.len() {
+            match t.writer().write(&out[*pos..]) {
+                Ok(0) => break,
+                Ok(n) => *pos += n,
+                Err(_) => return true,
+            }
+        }
+        let mut blocked = false;
+        while t.wants_write() {
+            match t.write_tls(stream) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+        if blocked || *pos == out.len() {
+            return false;
         }
     }
 }

@@ -95,10 +95,10 @@ impl RelayLink {
     /// Closes the connection (the relay keeps its state) and joins the thread.
     pub fn stop(mut self) {
         self.tx = None;
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("relay link thread panicked");
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("relay link thread panicked");
         }
     }
 }
@@ -286,10 +286,10 @@ fn read_loop(
                 .and_then(|l| channel::decode::<RelayMsg>(&l).map_err(|e| e.to_string()))
             {
                 Ok(msg) => {
-                    if let Some(input) = to_input(msg) {
-                        if inputs.send(Input::Relay(input)).is_err() {
-                            return "machine gone".into();
-                        }
+                    if let Some(input) = to_input(msg)
+                        && inputs.send(Input::Relay(input)).is_err()
+                    {
+                        return "machine gone".into();
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable line from the relay, skipped"),
@@ -322,6 +322,7 @@ fn to_input(msg: RelayMsg) -> Option<RelayInput> {
             bps_in: c.bps_in,
             bps_out: c.bps_out,
             bps_limit: c.bps_limit,
+            workers: c.workers.len(),
         }),
         RelayMsg::Event(ev @ (Event::StationSeen { .. } | Event::StationTimedOut { .. })) => {
             tracing::debug!(?ev, "relay station event");

@@ -5,8 +5,15 @@
 //!   (mio, net.rs)  ◀─NetCmd── (machine/)     ◀──Input─────  (store/worker.rs)
 //!        ▲  Waker                 │ (id, Command) ▲ Input::Relay
 //!        └────────────────────────┘──────────▶ relay link (relay_link.rs)
-//!  signal thread ──Input::Shutdown──▶ machine thread
+//!  signal thread ──Input::Shutdown / Reconfigure──▶ machine thread
+//!        └── SIGHUP: NetCmd::Reconfigure ──▶ network thread
+//!  metrics thread (tiny_http) reads the atomics every thread publishes
 //! ```
+//!
+//! Order at start: store reachable (migrate), listeners bound (plain, TLS,
+//! metrics), threads up, the ready line, then `READY=1`. The machine loop
+//! feeds the systemd watchdog (observe.rs), publishes its metrics every
+//! tick and logs the summary line; at shutdown it sends `STOPPING=1`.
 //!
 //! The machine thread drains its inputs in bursts, applies each, sends the
 //! effects on, and wakes the network thread once per burst. It ticks on its
@@ -14,6 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,10 +29,14 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
 
+use crate::cli::Cli;
 use crate::config::Config;
 use crate::jobs::{Effect, Input, StoreJob};
+use crate::logging::LogHandle;
 use crate::machine::Machine;
-use crate::net::{Net, NetCmd};
+use crate::metrics::Metrics;
+use crate::net::{Net, NetCmd, Progress};
+use crate::observe::{MetricsServer, Notifier, Reloader, Watchdog};
 use crate::relay_link::RelayLink;
 use crate::store::{self, Store};
 
@@ -51,21 +63,67 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<mio::net::TcpListener> {
 /// Raises the open-file limit to its hard limit (10,000 sessions need it).
 fn raise_nofile() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
-            tracing::debug!(soft, hard, "could not raise RLIMIT_NOFILE");
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        tracing::debug!(soft, hard, "could not raise RLIMIT_NOFILE");
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT. `ready` gets the bound address and
-/// the store description once everything is up.
+/// What is ready, for the one ready line scripts and tests wait for.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// The line protocol's address (port resolved).
+    pub listen: SocketAddr,
+    /// The store's description (DSN password masked).
+    pub store: String,
+    /// The relay link's description.
+    pub relay: String,
+    /// The Prometheus endpoint, when on.
+    pub metrics: Option<SocketAddr>,
+    /// The TLS listener, when on.
+    pub tls: Option<SocketAddr>,
+}
+
+impl Ready {
+    /// `whelm-control ready: listen=ADDR store=S relay=R [metrics=ADDR]
+    /// [tls=ADDR]`. Fields are only ever appended.
+    pub fn line(&self) -> String {
+        let mut l = format!(
+            "whelm-control ready: listen={} store={} relay={}",
+            self.listen, self.store, self.relay
+        );
+        if let Some(m) = self.metrics {
+            l.push_str(&format!(" metrics={m}"));
+        }
+        if let Some(t) = self.tls {
+            l.push_str(&format!(" tls={t}"));
+        }
+        l
+    }
+}
+
+/// What `serve` needs besides the configuration.
+pub struct Options {
+    /// The command line, re-applied over the file on SIGHUP.
+    pub cli: Cli,
+    /// The log filter's handle, for reloads.
+    pub log: Option<LogHandle>,
+}
+
+/// Runs the server until SIGTERM/SIGINT; SIGHUP reloads the configuration.
+/// `ready` is called once every listener is bound and the store answered;
+/// then `READY=1` goes to the service manager.
 pub fn serve(
     cfg: &Config,
     mut store: Box<dyn Store>,
-    ready: impl FnOnce(SocketAddr, &str, &str),
+    opts: Options,
+    ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     raise_nofile();
+    let mut notifier = Notifier::new();
+    notifier.status("starting: opening the store");
     store
         .migrate()
         .with_context(|| format!("creating tables in {}", store.describe()))?;
@@ -73,13 +131,43 @@ pub fn serve(
     let local = listener
         .local_addr()
         .with_context(|| format!("local address of {}", cfg.listen))?;
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let config = crate::tls::load(&t.cert, &t.key)?;
+            let l = bind(t.listen).with_context(|| "the TLS listener")?;
+            let addr = l
+                .local_addr()
+                .with_context(|| format!("local address of {}", t.listen))?;
+            Some((l, config, addr))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let metrics_server = match cfg.metrics_listen {
+        Some(a) => Some(MetricsServer::start(a, metrics.clone())?),
+        None => None,
+    };
 
     let (in_tx, in_rx) = crossbeam_channel::unbounded::<Input>();
     let (net_tx, net_rx) = crossbeam_channel::unbounded::<NetCmd>();
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<StoreJob>();
 
-    let (net, waker) = Net::new(listener, net_rx, in_tx.clone(), cfg.net.clone())
+    let progress = Progress::new();
+    let watchdog = Watchdog::from_env(progress.clone());
+    let idle_wait = watchdog.as_ref().map_or(Duration::from_secs(1), |w| {
+        (w.period() / 4).min(Duration::from_secs(1))
+    });
+    let (mut net, waker) = Net::new(listener, net_rx, in_tx.clone(), cfg.net.clone())
         .context("setting up the network poll")?;
+    net.observe(metrics.clone(), progress, idle_wait);
+    let tls_addr = match tls {
+        Some((l, config, addr)) => {
+            net.set_tls(l, config)
+                .context("registering the TLS listener")?;
+            Some(addr)
+        }
+        None => None,
+    };
     let describe = store.describe();
     let net_thread = thread::Builder::new()
         .name("net".into())
@@ -87,32 +175,67 @@ pub fn serve(
         .context("spawning the network thread")?;
     let answers = in_tx.clone();
     let batch_max = cfg.batch_max;
+    let store_metrics = metrics.clone();
     let store_thread = thread::Builder::new()
         .name("store".into())
-        .spawn(move || store::worker::run(store, job_rx, answers, batch_max))
+        .spawn(move || store::worker::run(store, job_rx, answers, batch_max, store_metrics))
         .context("spawning the store worker")?;
 
+    let summary_ms = Arc::new(AtomicU64::new(
+        cfg.summary_interval
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    ));
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
-    let sig_tx = in_tx.clone();
+    let mut reloader = Reloader {
+        cli: opts.cli,
+        current: cfg.clone(),
+        machine: in_tx.clone(),
+        net: net_tx.clone(),
+        waker: waker.clone(),
+        log: opts.log,
+        metrics: metrics.clone(),
+        summary_ms: summary_ms.clone(),
+    };
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    reloader.reload();
+                    continue;
+                }
                 tracing::info!(signal = sig, "shutting down");
-                let _ = sig_tx.send(Input::Shutdown);
+                let _ = reloader.machine.send(Input::Shutdown);
+                break;
             }
         })
         .context("spawning the signal thread")?;
     let relay = RelayLink::start(cfg.relay_socket.clone(), in_tx.clone())?;
     drop(in_tx);
-    ready(local, &describe, &relay.describe());
+    let r = Ready {
+        listen: local,
+        store: describe,
+        relay: relay.describe(),
+        metrics: metrics_server.as_ref().map(|m| m.addr),
+        tls: tls_addr,
+    };
+    ready(&r);
+    notifier.ready(&format!("serving on {local}"));
 
     let machine = Machine::new(cfg.machine.clone());
-    machine_loop(machine, cfg, &in_rx, &net_tx, &waker, job_tx, relay);
+    let ops = Ops {
+        notifier,
+        watchdog,
+        metrics: metrics.clone(),
+        summary_ms,
+    };
+    machine_loop(machine, cfg, &in_rx, &net_tx, &waker, job_tx, relay, ops);
 
     // The store worker has the final Offline job; it exits when its queue
     // is drained and the channel closed.
@@ -124,8 +247,21 @@ pub fn serve(
     if net_thread.join().is_err() {
         tracing::error!("network thread panicked");
     }
+    if let Some(m) = metrics_server {
+        m.stop();
+    }
+    tracing::info!("final summary: {}", metrics.summary());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The machine loop's operations side: notification, watchdog, metrics
+/// and the summary line.
+struct Ops {
+    notifier: Notifier,
+    watchdog: Option<Watchdog>,
+    metrics: Arc<Metrics>,
+    summary_ms: Arc<AtomicU64>,
 }
 
 fn tick_interval(cfg: &Config) -> Duration {
@@ -138,6 +274,7 @@ fn tick_interval(cfg: &Config) -> Duration {
     (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn machine_loop(
     mut machine: Machine,
     cfg: &Config,
@@ -146,9 +283,13 @@ fn machine_loop(
     waker: &Arc<Waker>,
     jobs: Sender<StoreJob>,
     mut relay: RelayLink,
+    mut ops: Ops,
 ) {
+    // Ticks stay at least as frequent as the shortest timer configured at
+    // start (100 ms at most), so a reload to shorter timers still works.
     let tick = tick_interval(cfg);
     let mut next_tick = Instant::now();
+    let mut last_summary = Instant::now();
     let mut effects = Vec::with_capacity(1024);
     let mut stop = false;
     while !stop {
@@ -163,18 +304,34 @@ fn machine_loop(
             stop |= matches!(first, Input::Shutdown);
             machine.handle(now, first, &mut effects);
             for _ in 0..BURST {
-                let Ok(i) = inputs.try_recv() else { break };
-                stop |= matches!(i, Input::Shutdown);
-                machine.handle(now, i, &mut effects);
                 if stop {
                     break;
                 }
+                let Ok(i) = inputs.try_recv() else { break };
+                stop |= matches!(i, Input::Shutdown);
+                machine.handle(now, i, &mut effects);
             }
             now = Instant::now();
+        }
+        if stop {
+            ops.notifier.stopping();
         }
         if now >= next_tick && !stop {
             machine.handle(now, Input::Tick, &mut effects);
             next_tick = now + tick;
+            ops.metrics.publish_machine(&machine.stats());
+            let every = ops.summary_ms.load(Ordering::Relaxed);
+            if every > 0
+                && now.saturating_duration_since(last_summary).as_millis() >= u128::from(every)
+            {
+                last_summary = now;
+                let line = ops.metrics.summary();
+                tracing::info!("summary: {line}");
+                ops.notifier.status(&line);
+            }
+        }
+        if let Some(w) = ops.watchdog.as_mut() {
+            w.feed(now, &mut ops.notifier);
         }
         let mut wake = false;
         for e in effects.drain(..) {
@@ -197,6 +354,7 @@ fn machine_loop(
             let _ = waker.wake();
         }
     }
+    ops.metrics.publish_machine(&machine.stats());
     tracing::info!(sessions = machine.session_count(), "machine stopped");
     // The relay keeps its state: a control restart or upgrade drops no
     // call; the next start adopts the relay's snapshot.

@@ -45,8 +45,12 @@ pub struct MachineConfig {
     pub ring_timeout: Duration,
     /// A connection must authenticate within this long.
     pub auth_timeout: Duration,
-    /// Concurrent calls (ringing and active).
+    /// Concurrent calls (ringing and active), when `max_calls_per_core` is
+    /// unset or the relay's worker count is not known yet.
     pub max_calls: usize,
+    /// Calls per relay worker: the limit is the worker count the relay
+    /// reports in its counters times this (ARCHITECTURE.md, scale).
+    pub max_calls_per_core: Option<usize>,
     /// Commands per second per session (0: no limit).
     pub rate_per_sec: f64,
     /// Commands a session may send at once above the rate.
@@ -63,6 +67,7 @@ impl Default for MachineConfig {
             ring_timeout: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(10),
             max_calls: 400,
+            max_calls_per_core: None,
             rate_per_sec: 1000.0,
             rate_burst: 2000.0,
             max_queued_before_auth: 64,
@@ -197,6 +202,19 @@ pub struct Machine {
     voice: HashMap<UserId, SocketAddr>,
     /// The relay's last counters: (bps_in, bps_out, bps_limit).
     bandwidth: Option<(u64, u64, u64)>,
+    /// The relay's worker count from its last counters (0: not known).
+    relay_workers: usize,
+    /// Totals since start, published as metrics.
+    totals: Totals,
+}
+
+/// Counts since start (read by [`Machine::stats`]).
+#[derive(Debug, Default)]
+struct Totals {
+    calls_offered: u64,
+    calls_refused: u64,
+    messages_stored: u64,
+    messages_delivered: u64,
 }
 
 impl Machine {
@@ -221,6 +239,44 @@ impl Machine {
             grace_deadlines: VecDeque::new(),
             voice: HashMap::new(),
             bandwidth: None,
+            relay_workers: 0,
+            totals: Totals::default(),
+        }
+    }
+
+    /// The call limit in force: relay workers × `max_calls_per_core` when
+    /// both are known, else `max_calls`.
+    pub fn call_limit(&self) -> usize {
+        match self.cfg.max_calls_per_core {
+            Some(per_core) if self.relay_workers > 0 => self.relay_workers.saturating_mul(per_core),
+            _ => self.cfg.max_calls,
+        }
+    }
+
+    /// The limits and timers in force.
+    pub fn config(&self) -> &MachineConfig {
+        &self.cfg
+    }
+
+    /// Numbers for the metrics endpoint and the summary line.
+    pub fn stats(&self) -> crate::metrics::MachineStats {
+        let active = self
+            .calls
+            .values()
+            .filter(|c| c.state == CallState::Active)
+            .count();
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        crate::metrics::MachineStats {
+            sessions: n(self.sessions.len()),
+            users: n(self.users.len()),
+            ringing: n(self.calls.len() - active),
+            active: n(active),
+            call_limit: n(self.call_limit()),
+            calls_offered: self.totals.calls_offered,
+            calls_refused: self.totals.calls_refused,
+            messages_stored: self.totals.messages_stored,
+            messages_delivered: self.totals.messages_delivered,
+            relay_up: self.relay_up,
         }
     }
 
@@ -258,6 +314,9 @@ impl Machine {
             Input::Store(r) => self.store_result(now, r, out),
             Input::Tick => self.tick(now, out),
             Input::Relay(r) => self.relay_input(now, r, out),
+            // New limits and timers apply to what happens from now on:
+            // sessions, calls and deadlines already set are left alone.
+            Input::Reconfigure(cfg) => self.cfg = *cfg,
             Input::Shutdown => self.shutdown(out),
         }
     }
@@ -437,7 +496,7 @@ impl Machine {
             Some(ErrorReply::UserOffline)
         } else if self.in_call.contains_key(&callee) {
             Some(ErrorReply::UserBusy)
-        } else if self.calls.len() >= self.cfg.max_calls {
+        } else if self.calls.len() >= self.call_limit() {
             Some(ErrorReply::AtCapacity)
         } else if self.bandwidth_exceeded() {
             Some(ErrorReply::BandwidthExceeded)
@@ -445,9 +504,13 @@ impl Machine {
             None
         };
         if let Some(e) = e {
+            if matches!(e, ErrorReply::AtCapacity | ErrorReply::BandwidthExceeded) {
+                self.totals.calls_refused += 1;
+            }
             self.err(session, e, out);
             return;
         }
+        self.totals.calls_offered += 1;
         let key = self.next_call;
         self.next_call += 1;
         self.calls.insert(
@@ -688,6 +751,7 @@ impl Machine {
             content: m.content,
             timestamp: m.timestamp,
         };
+        self.totals.messages_delivered += 1;
         self.send(session, Reply::Msg(json), out);
     }
 
@@ -758,6 +822,7 @@ impl Machine {
         let Ok(m) = result else {
             return;
         };
+        self.totals.messages_stored += 1;
         match self.session_of(recipient) {
             Some(rs) => {
                 let live = match self.sessions.get_mut(&rs).map(|s| &mut s.auth) {

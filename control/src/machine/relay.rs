@@ -116,10 +116,10 @@ impl Machine {
                 continue;
             };
             for h in s.held.iter_mut() {
-                if matches!(h, Held::Relay(hid, _) if *hid == id) {
-                    if let Held::Relay(_, r) = std::mem::replace(h, Held::Msg(0)) {
-                        *h = Held::Ready(r);
-                    }
+                if matches!(h, Held::Relay(hid, _) if *hid == id)
+                    && let Held::Relay(_, r) = std::mem::replace(h, Held::Msg(0))
+                {
+                    *h = Held::Ready(r);
                 }
             }
             flush(session, &mut s.held, out);
@@ -129,15 +129,15 @@ impl Machine {
     /// The relay entry of an authenticated or detached user.
     fn entry_of(&self, user: UserId) -> Option<UserEntry> {
         let voice = self.voice.get(&user).copied();
-        if let Some(s) = self.users.get(&user).and_then(|s| self.sessions.get(s)) {
-            if let AuthState::Authed(a) = &s.auth {
-                return Some(UserEntry {
-                    user,
-                    ip: s.ip,
-                    token: Some(a.token.clone()),
-                    voice,
-                });
-            }
+        if let Some(s) = self.users.get(&user).and_then(|s| self.sessions.get(s))
+            && let AuthState::Authed(a) = &s.auth
+        {
+            return Some(UserEntry {
+                user,
+                ip: s.ip,
+                token: Some(a.token.clone()),
+                voice,
+            });
         }
         self.detached
             .get(&user)
@@ -249,7 +249,11 @@ impl Machine {
                 bps_in,
                 bps_out,
                 bps_limit,
-            } => self.bandwidth = Some((bps_in, bps_out, bps_limit)),
+                workers,
+            } => {
+                self.bandwidth = Some((bps_in, bps_out, bps_limit));
+                self.relay_workers = workers;
+            }
         }
     }
 
@@ -355,10 +359,10 @@ impl Machine {
         for session in &holders {
             if let Some(s) = self.sessions.get_mut(session) {
                 for h in s.held.iter_mut() {
-                    if let Held::Relay(id, _) = h {
-                        if *id == old {
-                            *id = new;
-                        }
+                    if let Held::Relay(id, _) = h
+                        && *id == old
+                    {
+                        *id = new;
                     }
                 }
             }

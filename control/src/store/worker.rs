@@ -8,20 +8,28 @@
 //! whose commit succeeded.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use whelm_shared::line::{Status, UserId};
 
 use super::{NewMessage, Stamp, Store, StoreError};
 use crate::jobs::{Input, MsgFailure, MsgJob, StoreJob, StoreResult, StoredMessage};
+use crate::logging::RateLimited;
+use crate::metrics::Metrics;
 
-/// Runs jobs until the job channel closes; answers go to `answers`.
+/// Runs jobs until the job channel closes; answers go to `answers`. Each
+/// transaction's latency and failure is recorded in `metrics`.
 pub fn run(
     mut store: Box<dyn Store>,
     jobs: Receiver<StoreJob>,
     answers: Sender<Input>,
     batch_max: usize,
+    metrics: Arc<Metrics>,
 ) {
+    let mut errors = RateLimited::new(Duration::from_secs(10));
     let batch_max = batch_max.max(1);
     let mut batch = Vec::with_capacity(batch_max);
     while let Ok(first) = jobs.recv() {
@@ -32,7 +40,18 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        for r in run_batch(store.as_mut(), std::mem::take(&mut batch), &Stamp::now()) {
+        let started = Instant::now();
+        let (results, failed) =
+            try_batch(store.as_mut(), std::mem::take(&mut batch), &Stamp::now());
+        metrics.store_latency.observe(started.elapsed());
+        if let Some((e, n)) = failed {
+            metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(held) = errors.allow(Instant::now()) {
+                tracing::warn!(error = %e, store = store.describe(), jobs = n,
+                    similar_errors_not_logged = held, "store batch failed");
+            }
+        }
+        for r in results {
             if answers.send(Input::Store(r)).is_err() {
                 return;
             }
@@ -42,6 +61,20 @@ pub fn run(
 
 /// Runs one batch in one transaction and returns the answers, in job order.
 pub fn run_batch(store: &mut dyn Store, jobs: Vec<StoreJob>, at: &Stamp) -> Vec<StoreResult> {
+    let (results, failed) = try_batch(store, jobs, at);
+    if let Some((e, n)) = failed {
+        tracing::warn!(error = %e, store = store.describe(), jobs = n, "store batch failed");
+    }
+    results
+}
+
+/// [`run_batch`] without the log line: the answers, and the error and
+/// batch size when it was rolled back.
+fn try_batch(
+    store: &mut dyn Store,
+    jobs: Vec<StoreJob>,
+    at: &Stamp,
+) -> (Vec<StoreResult>, Option<(StoreError, usize)>) {
     let n = jobs.len();
     let outcome = store.begin().and_then(|()| {
         let answers = run_jobs(store, &jobs, at)?;
@@ -53,12 +86,11 @@ pub fn run_batch(store: &mut dyn Store, jobs: Vec<StoreJob>, at: &Stamp) -> Vec<
             if n > 1 {
                 tracing::trace!(jobs = n, "batch committed");
             }
-            answers
+            (answers, None)
         }
         Err(e) => {
             store.rollback();
-            tracing::warn!(error = %e, store = store.describe(), jobs = n, "store batch failed");
-            jobs.into_iter().filter_map(failure).collect()
+            (jobs.into_iter().filter_map(failure).collect(), Some((e, n)))
         }
     }
 }

@@ -206,6 +206,9 @@ impl Server {
             .args(args)
             .env_remove("WHELM_DB_DSN")
             .env("RUST_LOG", "warn")
+            // Never the default port 9501: tests run in parallel. A test's
+            // own --metrics-listen wins (flags over environment).
+            .env("WHELM_METRICS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

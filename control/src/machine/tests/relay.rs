@@ -19,6 +19,7 @@ fn counters(bps_in: u64, bps_out: u64, bps_limit: u64) -> Input {
         bps_in,
         bps_out,
         bps_limit,
+        workers: 0,
     })
 }
 
