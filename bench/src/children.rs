@@ -98,12 +98,10 @@ impl Target {
             what: what.to_string(),
         };
         // From here on, `target`'s Drop stops the child on every error.
-        if !input.is_empty() {
-            if let Some(w) = target.stdin.as_mut() {
-                w.write_all(input.as_bytes())
-                    .and_then(|()| w.flush())
-                    .with_context(|| format!("writing to the stdin of {what}"))?;
-            }
+        if let Some(w) = target.stdin.as_mut().filter(|_| !input.is_empty()) {
+            w.write_all(input.as_bytes())
+                .and_then(|()| w.flush())
+                .with_context(|| format!("writing to the stdin of {what}"))?;
         }
         let deadline = Instant::now() + timeout;
         loop {

@@ -12,7 +12,7 @@ use whelm_shared::ovp::StationId;
 use crate::pin;
 use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
-use crate::{client, forwarder, im, scenario};
+use crate::{calls, capacity, client, forwarder, im, scenario};
 use whelm_shared::station::InnerAddressing;
 
 /// Load harness (real relay and control processes over loopback, ratios to a
@@ -38,6 +38,14 @@ enum Command {
     /// OVP conference load through the real whelm-relay (each engine asked
     /// for) and, in the same invocation, the baseline forwarder.
     Ovp(OvpArgs),
+    /// Whelm 1:1 calls set up through the real whelm-control (AUTH, CALL,
+    /// ACCEPT, HELLO), Opus-sized datagrams both ways through the real
+    /// whelm-relay (each engine asked for) and, in the same invocation, the
+    /// baseline forwarder with a static table of the same call pairs.
+    Calls(CallsArgs),
+    /// Searches the highest load per relay core (calls; conference
+    /// stations) within the loss and p99 bounds; prints config lines.
+    Capacity(CapacityArgs),
     /// Instant messages through the real whelm-control with the chosen store.
     Im(ImArgs),
     /// The baseline forwarder process (started by `baseline` and `ovp`).
@@ -162,6 +170,123 @@ struct OvpArgs {
     no_baseline: bool,
 }
 
+#[derive(Debug, Args)]
+struct CallsArgs {
+    /// Concurrent calls (two control sessions and two UDP sockets each).
+    #[arg(long, default_value_t = 100)]
+    calls: usize,
+    /// Datagrams/s per direction of a call (Opus 20 ms frames: 50) when
+    /// --rate is not given.
+    #[arg(long, default_value_t = 50.0)]
+    pps: f64,
+    /// Total offered datagrams/s into the relay (both directions of all
+    /// calls), overriding calls x 2 x pps; a comma-separated list gives
+    /// several load points.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Datagram length in bytes (an Opus packet with its framing: 160).
+    #[arg(long, default_value_t = 160)]
+    size: usize,
+    /// Measured window per run, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up per run (excluded), seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Wait for stragglers after the last send, ms.
+    #[arg(long, default_value_t = 300)]
+    drain_ms: u64,
+    /// Repeats of every (load, target).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Relay cores (--cores; the forwarder uses the first).
+    #[arg(long, default_value = "0")]
+    relay_cores: String,
+    /// Generator core (default: the first allowed core the relay does not use).
+    #[arg(long)]
+    gen_core: Option<usize>,
+    /// Datagrams per sendmmsg.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Relay engine(s) to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    engine: EngineArg,
+    /// Skip the baseline (the report then has no ratios).
+    #[arg(long)]
+    no_baseline: bool,
+    /// The whelm-relay binary (default: next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// The whelm-control binary (default: next to this executable).
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Directory for runs.jsonl, summary.json and report.svg.
+    #[arg(long, default_value = "whelm-bench-report")]
+    out: PathBuf,
+    /// Largest share of the window the relay or generator may wait for its
+    /// core before the run is excluded as contended.
+    #[arg(long, default_value_t = 0.05)]
+    max_wait: f64,
+}
+
+#[derive(Debug, Args)]
+struct CapacityArgs {
+    /// What to search: calls, stations, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    what: CapacityWhat,
+    /// Relay engine (auto: what the relay picks).
+    #[arg(long, default_value = "auto")]
+    engine: String,
+    /// Relay cores.
+    #[arg(long, default_value = "0")]
+    relay_cores: String,
+    /// Generator core (default: the first allowed core the relay does not use).
+    #[arg(long)]
+    gen_core: Option<usize>,
+    /// Largest loss ratio of a passing step (median over repeats).
+    #[arg(long, default_value_t = 0.001)]
+    max_loss: f64,
+    /// Largest p99 one-way added latency of a passing step, microseconds.
+    #[arg(long, default_value_t = 1000.0)]
+    p99_us: f64,
+    /// Runs per step (medians).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Measured window per run, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Warm-up per run, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Total time budget of the search, seconds (split between the kinds).
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// Calls whose sockets carry the load (the load per call is 2 x --pps;
+    /// the offered rate is searched, calls = rate / (2 x pps)).
+    #[arg(long, default_value_t = 200)]
+    calls: usize,
+    /// Datagrams/s per direction of a call.
+    #[arg(long, default_value_t = 50.0)]
+    pps: f64,
+    /// The whelm-relay binary (default: next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// The whelm-control binary (default: next to this executable).
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Largest share of the window the relay or generator may wait for its
+    /// core (a contended run is repeated once, then counted).
+    #[arg(long, default_value_t = 0.05)]
+    max_wait: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CapacityWhat {
+    Calls,
+    Stations,
+    Both,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum EngineArg {
     Uring,
@@ -180,6 +305,9 @@ struct ForwarderArgs {
     /// Stop after this many seconds even if stdin stays open.
     #[arg(long, default_value_t = 3600)]
     max_seconds: u64,
+    /// The table is Whelm call pairs (`A B` lines), no OVP validation.
+    #[arg(long)]
+    pairs: bool,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -218,6 +346,33 @@ fn scenario(
         out: a.out.clone(),
         max_wait: a.max_wait,
     })
+}
+
+fn engines(e: EngineArg) -> Vec<TargetSpec> {
+    match e {
+        EngineArg::Uring => vec![TargetSpec::Relay("uring".into())],
+        EngineArg::Mmsg => vec![TargetSpec::Relay("mmsg".into())],
+        EngineArg::Both => vec![
+            TargetSpec::Relay("uring".into()),
+            TargetSpec::Relay("mmsg".into()),
+        ],
+    }
+}
+
+/// `given`, else `name` next to this executable; it must exist.
+fn bin(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    let p = match given {
+        Some(p) => p,
+        None => sibling(name)?,
+    };
+    if !p.exists() {
+        anyhow::bail!(
+            "no {name} at {} (build it with `cargo build -p {name}` or pass --{}-bin)",
+            p.display(),
+            name.trim_start_matches("whelm-")
+        );
+    }
+    Ok(p)
 }
 
 /// A binary next to this executable (target/<profile>/).
@@ -338,6 +493,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             scenario::run(&scenario("ovp", &a.load, targets, relay_bin)?)
         }
+        Command::Calls(a) => {
+            let server_cores = pin::parse_core_list(&a.relay_cores).map_err(anyhow::Error::msg)?;
+            if a.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) || a.pps.is_nan() || a.pps <= 0.0
+            {
+                anyhow::bail!("--rate and --pps must be positive");
+            }
+            let mut targets = Vec::new();
+            if !a.no_baseline {
+                targets.push(TargetSpec::Baseline);
+            }
+            targets.extend(engines(a.engine));
+            calls::run(&calls::CallsScenario {
+                calls: a.calls,
+                pps: a.pps,
+                rates: a.rate,
+                duration: secs(a.duration, "--duration")?,
+                warmup: secs(a.warmup, "--warmup")?,
+                drain: Duration::from_millis(a.drain_ms.min(60_000)),
+                repeat: a.repeat,
+                targets,
+                relay_bin: bin(a.relay_bin, "whelm-relay")?,
+                control_bin: bin(a.control_bin, "whelm-control")?,
+                gen_core: a.gen_core.or_else(|| pin::generator_core(&server_cores)),
+                server_cores,
+                batch: a.batch.clamp(1, 1024),
+                frame_len: a.size,
+                out: a.out,
+                max_wait: a.max_wait,
+            })
+        }
+        Command::Capacity(a) => {
+            let server_cores = pin::parse_core_list(&a.relay_cores).map_err(anyhow::Error::msg)?;
+            if !(a.pps > 0.0 && a.max_loss >= 0.0 && a.p99_us > 0.0) {
+                anyhow::bail!("--pps and --p99-us must be positive, --max-loss not negative");
+            }
+            capacity::run(&capacity::CapacityOptions {
+                calls: a.what != CapacityWhat::Stations,
+                stations: a.what != CapacityWhat::Calls,
+                engine: a.engine,
+                gen_core: a.gen_core.or_else(|| pin::generator_core(&server_cores)),
+                server_cores,
+                max_loss: a.max_loss,
+                max_p99_ns: a.p99_us * 1000.0,
+                repeat: a.repeat.max(1),
+                duration: secs(a.duration, "--duration")?,
+                warmup: secs(a.warmup, "--warmup")?,
+                budget: secs(a.max_seconds, "--max-seconds")?,
+                calls_sockets: a.calls,
+                pps: a.pps,
+                relay_bin: bin(a.relay_bin, "whelm-relay")?,
+                control_bin: bin(a.control_bin, "whelm-control")?,
+                max_wait: a.max_wait,
+            })
+        }
         Command::Im(a) => {
             let control_bin = match a.control_bin {
                 Some(p) => p,
@@ -362,7 +571,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Forwarder(a) => {
-            forwarder::main(a.bind, a.core, Duration::from_secs(a.max_seconds))
+            forwarder::main(a.bind, a.core, Duration::from_secs(a.max_seconds), a.pairs)
         }
     }
 }

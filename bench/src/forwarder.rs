@@ -10,7 +10,9 @@
 //!
 //! Run as `whelm-bench forwarder` (hidden): the table arrives on stdin, one
 //! station address per line, ended by an empty line; every station forwards
-//! to every other one (the conference fan-out). It prints
+//! to every other one (the conference fan-out). With `--pairs` each line is
+//! `A B`, a Whelm call: A's datagrams go to B and B's to A, unvalidated
+//! (Whelm voice has no header), as the relay's voice path forwards them. It prints
 //! `whelm-bench forwarder ready: ovp=ADDR engine=mmsg workers=1`, then
 //! forwards until stdin closes or `max_run` elapses.
 
@@ -45,6 +47,14 @@ pub fn conference_table(stations: &[SocketAddrV4]) -> Table {
         .collect()
 }
 
+/// Every pair forwards both ways (Whelm 1:1 calls).
+pub fn pairs_table(pairs: &[(SocketAddrV4, SocketAddrV4)]) -> Table {
+    pairs
+        .iter()
+        .flat_map(|&(a, b)| [(a, vec![b]), (b, vec![a])])
+        .collect()
+}
+
 /// Totals of a forwarder run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardStats {
@@ -60,20 +70,38 @@ pub struct ForwardStats {
 
 /// Runs the forwarder on `bind` (pinned to `core` if given) until stdin
 /// closes or `max_run` elapses.
-pub fn main(bind: SocketAddrV4, core: Option<usize>, max_run: Duration) -> anyhow::Result<()> {
+pub fn main(
+    bind: SocketAddrV4,
+    core: Option<usize>,
+    max_run: Duration,
+    pairs: bool,
+) -> anyhow::Result<()> {
     let mut stations = Vec::new();
+    let mut calls = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading the table from stdin")?;
         let line = line.trim();
         if line.is_empty() {
             break;
         }
-        stations.push(
-            line.parse::<SocketAddrV4>()
-                .with_context(|| format!("table entry {line:?}"))?,
-        );
+        let addr = |s: &str| {
+            s.parse::<SocketAddrV4>()
+                .with_context(|| format!("table entry {line:?}"))
+        };
+        if pairs {
+            let (a, b) = line
+                .split_once(' ')
+                .with_context(|| format!("table entry {line:?}: want `A B`"))?;
+            calls.push((addr(a)?, addr(b.trim())?));
+        } else {
+            stations.push(addr(line)?);
+        }
     }
-    let table = conference_table(&stations);
+    let table = if pairs {
+        pairs_table(&calls)
+    } else {
+        conference_table(&stations)
+    };
     if let Some(c) = core {
         pin::pin_current_thread(c).map_err(|e| anyhow::anyhow!("pinning the forwarder: {e}"))?;
     }
@@ -89,7 +117,7 @@ pub fn main(bind: SocketAddrV4, core: Option<usize>, max_run: Duration) -> anyho
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let stats = forward(&sock, &table, &stop, Instant::now() + max_run)?;
+    let stats = forward(&sock, &table, !pairs, &stop, Instant::now() + max_run)?;
     eprintln!(
         "forwarder: received {} forwarded {} dropped {} send_failed {}",
         stats.received, stats.forwarded, stats.dropped, stats.send_failed
@@ -97,10 +125,12 @@ pub fn main(bind: SocketAddrV4, core: Option<usize>, max_run: Duration) -> anyho
     Ok(())
 }
 
-/// The forwarding loop.
+/// The forwarding loop; `validate`: drop datagrams without a valid OVP
+/// header (the conference), else forward whatever a known source sends.
 pub fn forward(
     sock: &std::net::UdpSocket,
     table: &Table,
+    validate: bool,
     stop: &AtomicBool,
     deadline: Instant,
 ) -> anyhow::Result<ForwardStats> {
@@ -116,8 +146,9 @@ pub fn forward(
             let Some((bytes, meta)) = rb.get(i) else {
                 continue;
             };
-            let dests = match (ovp::validate(bytes), meta.from.and_then(|f| table.get(&f))) {
-                (Ok(_), Some(d)) => d,
+            let valid = !validate || ovp::validate(bytes).is_ok();
+            let dests = match (valid, meta.from.and_then(|f| table.get(&f))) {
+                (true, Some(d)) => d,
                 _ => {
                     st.dropped += 1;
                     continue;
@@ -157,5 +188,9 @@ mod tests {
         let t = conference_table(&a);
         assert_eq!(t[&a[0]], [a[1], a[2]]);
         assert_eq!(t[&a[2]], [a[0], a[1]]);
+        let p = pairs_table(&[(a[0], a[1])]);
+        assert_eq!(p[&a[0]], [a[1]]);
+        assert_eq!(p[&a[1]], [a[0]]);
+        assert_eq!(p.len(), 2);
     }
 }

@@ -378,11 +378,9 @@ fn one_run(
         for l in conns[i].read_lines()? {
             match Reply::parse(&l) {
                 Ok(Reply::OkMsg) => {
-                    if let Some((t, measured)) = conns[i].pending_acks.pop_front() {
-                        if measured {
-                            *acked += 1;
-                            ack.record(t, now);
-                        }
+                    if let Some((t, true)) = conns[i].pending_acks.pop_front() {
+                        *acked += 1;
+                        ack.record(t, now);
                     }
                 }
                 Ok(Reply::Msg(MessageJson { content, .. })) => {

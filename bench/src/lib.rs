@@ -35,6 +35,13 @@
 //!   warm up, send paced probe frames; the receiver accounts every copy.
 //! - [`scenario`]: `baseline` and `ovp`: load points x targets x repeats,
 //!   summaries and ratios to the baseline of the same invocation.
+//! - [`voice_load`]: one measured run of Whelm 1:1 calls (HELLO, ready
+//!   check, paced probe datagrams both ways, per-direction accounting).
+//! - [`calls`]: `calls`: users, whelm-relay + whelm-control started per
+//!   run, calls set up over the line protocol (AUTH, CALL, ACCEPT), HELLO,
+//!   then [`voice_load`]; the baseline forwarder with the same pairs.
+//! - [`capacity`]: the highest calls and stations per core within the loss
+//!   and p99 bounds (doubling, then bisection, within a time budget).
 //! - [`im`]: instant messages through the real whelm-control and its
 //!   store: delivery and ack latency, loss, control CPU per message.
 //!
@@ -42,6 +49,8 @@
 //! `ovp_load` (pinned generator/receiver thread using `udp`, `probe`,
 //! `flows`, `latency`; `procstat` samples the target) -> `report`/`svg`.
 
+pub mod calls;
+pub mod capacity;
 pub mod children;
 pub mod cli;
 pub mod client;
@@ -63,3 +72,4 @@ pub mod station_tx;
 pub mod stats;
 pub mod svg;
 pub mod udp;
+pub mod voice_load;

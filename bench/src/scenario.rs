@@ -20,7 +20,7 @@ use crate::report::{self, BASELINE, GeneratorInfo, RunRecord};
 use crate::svg::{self, CdfLine};
 
 /// How long a server gets to print its ready line.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the scenario measures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ fn core_list(c: &[usize]) -> String {
     c.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn start_target(
+pub fn start_target(
     t: &TargetSpec,
     sc: &OvpScenario,
     stations: &[SocketAddrV4],
@@ -216,10 +216,30 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
         }
     }
     progress.finish();
-    let summaries = report::summarize(&runs);
+    let title = format!(
+        "whelm-bench {}: {} stations, {} transmitting, {} ({})",
+        sc.name,
+        sc.stations,
+        t,
+        machine.git_commit.as_deref().unwrap_or("unknown commit"),
+        machine.cpu_model
+    );
+    finish(&sc.name, &title, &runs, &sc.out, &machine)
+}
+
+/// Prints the table and the excluded runs, writes `runs.jsonl`,
+/// `summary.json` and `report.svg` into `out`.
+pub fn finish(
+    name: &str,
+    title: &str,
+    runs: &[RunRecord],
+    out: &std::path::Path,
+    machine: &Machine,
+) -> anyhow::Result<()> {
+    let summaries = report::summarize(runs);
     println!(
         "whelm-bench {}: commit {} on {} ({} cpus, kernel {}); timestamps {}",
-        sc.name,
+        name,
         machine.git_commit.as_deref().unwrap_or("unknown"),
         machine.cpu_model,
         machine.nproc,
@@ -241,9 +261,9 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
             r.generator.cpu_wait_ratio * 100.0
         );
     }
-    report::write_files(&sc.out, &runs, &summaries)?;
+    report::write_files(out, runs, &summaries)?;
     let mut merged: Vec<(String, Latency)> = Vec::new();
-    for r in &runs {
+    for r in runs {
         let label = format!("{} @{:.0}/s", r.target, r.offered_rate);
         let Some(h) = &r.histogram else { continue };
         match merged.iter_mut().find(|(l, _)| *l == label) {
@@ -258,20 +278,12 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
             latency,
         })
         .collect();
-    let title = format!(
-        "whelm-bench {}: {} stations, {} transmitting, {} ({})",
-        sc.name,
-        sc.stations,
-        t,
-        machine.git_commit.as_deref().unwrap_or("unknown commit"),
-        machine.cpu_model
-    );
-    let p = sc.out.join("report.svg");
-    std::fs::write(&p, svg::render(&title, &lines, &summaries))
+    let p = out.join("report.svg");
+    std::fs::write(&p, svg::render(title, &lines, &summaries))
         .with_context(|| format!("writing {}", p.display()))?;
     println!(
         "report: {}/runs.jsonl, summary.json, report.svg",
-        sc.out.display()
+        out.display()
     );
     Ok(())
 }
@@ -279,7 +291,7 @@ pub fn run(sc: &OvpScenario) -> anyhow::Result<()> {
 /// The server or the generator waited for its core longer than `max_wait`
 /// of the window: other processes shared the core, and the run measured
 /// them as much as the server.
-fn contended(o: &Outcome, max_wait: f64) -> bool {
+pub fn contended(o: &Outcome, max_wait: f64) -> bool {
     let w = o.window_ns.max(1) as f64;
     o.target_wait_ns.is_some_and(|t| t as f64 / w > max_wait) || o.gen_wait_ns as f64 / w > max_wait
 }

@@ -117,10 +117,11 @@ impl Screen {
                 Ok(p) => match p.message {
                     Message::Text(t) => lines.push(format!("[{}]: {t}", call.as_str())),
                     Message::Control(word) => {
-                        if word == "PTT_STOP" {
-                            if let Some(n) = self.voice.remove(&id) {
-                                lines.push(format!("[{}] * voice: {n} frames", call.as_str()));
-                            }
+                        if let Some(n) = (word == "PTT_STOP")
+                            .then(|| self.voice.remove(&id))
+                            .flatten()
+                        {
+                            lines.push(format!("[{}] * voice: {n} frames", call.as_str()));
                         }
                         lines.push(format!("[{}] * {word}", call.as_str()));
                     }
