@@ -23,7 +23,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,12 +112,18 @@ struct RunResult {
     p99_us: f64,
 }
 
-/// Receives everything pending on `sock`; pushes each packet's latency
-/// (ns) when `lat` is set; returns the count.
-fn drain(sock: &UdpSocket, bufs: &mut [u8], size: usize, lat: Option<&mut Vec<u32>>) -> u64 {
+/// Receives everything pending on `sock`; counts (and pushes the latency
+/// in ns of) the packets whose sequence number lies in `window` (packets
+/// sent during the measured window, wherever they arrive).
+fn drain(
+    sock: &UdpSocket,
+    bufs: &mut [u8],
+    size: usize,
+    window: std::ops::Range<u64>,
+    lat: &mut Vec<u32>,
+) -> u64 {
     const BATCH: usize = 64;
     let mut total = 0u64;
-    let mut lat = lat;
     loop {
         let mut iovs: Vec<libc::iovec> = (0..BATCH)
             .map(|i| libc::iovec {
@@ -143,15 +151,16 @@ fn drain(sock: &UdpSocket, bufs: &mut [u8], size: usize, lat: Option<&mut Vec<u3
         if n <= 0 {
             return total;
         }
-        if let Some(l) = lat.as_deref_mut() {
-            let now = mono_ns();
-            for i in 0..n as usize {
-                let b = &bufs[i * size..i * size + 8];
-                let sent = u64::from_be_bytes(b.try_into().unwrap());
-                l.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+        let now = mono_ns();
+        for i in 0..n as usize {
+            let b = &bufs[i * size..i * size + 16];
+            let sent = u64::from_be_bytes(b[..8].try_into().unwrap());
+            let seq = u64::from_be_bytes(b[8..16].try_into().unwrap());
+            if window.contains(&seq) {
+                total += 1;
+                lat.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
             }
         }
-        total += n as u64;
         if (n as usize) < BATCH {
             return total;
         }
@@ -313,7 +322,9 @@ fn one_run(a: &Args) -> RunResult {
     let warmup = Duration::from_millis(500);
     let window = Duration::from_secs(a.seconds);
     let t0 = Instant::now();
-    let (mut sent, mut sent_window, mut recv_window) = (0u64, 0u64, 0u64);
+    let (mut sent, mut recv_window) = (0u64, 0u64);
+    // Sequence numbers sent during the window: [first, last).
+    let mut window_seqs = u64::MAX..u64::MAX;
     let mut cpu0 = 0;
     let mut in_window = false;
     let mut window_start = t0;
@@ -326,9 +337,7 @@ fn one_run(a: &Args) -> RunResult {
             in_window = true;
             window_start = now;
             cpu0 = pid.map_or(0, cpu_ticks);
-            sent_window = 0;
-            recv_window = 0;
-            lat.clear();
+            window_seqs = sent..u64::MAX;
         }
         if now >= end {
             break;
@@ -339,22 +348,37 @@ fn one_run(a: &Args) -> RunResult {
             pkt[8..16].copy_from_slice(&sent.to_be_bytes());
             if socks[next].send_to(&pkt, dest[next]).is_ok() {
                 sent += 1;
-                sent_window += 1;
                 next = (next + 1) % socks.len();
             } else {
                 break;
             }
         }
-        for s in &socks {
-            recv_window += drain(s, &mut bufs, bsize, in_window.then_some(&mut lat));
+        // One poll over every socket, then drain only the readable ones.
+        let mut fds: Vec<PollFd> = socks
+            .iter()
+            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+            let ready: Vec<usize> = fds
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+                .map(|(i, _)| i)
+                .collect();
+            drop(fds);
+            for i in ready {
+                recv_window += drain(&socks[i], &mut bufs, bsize, window_seqs.clone(), &mut lat);
+            }
         }
     }
+    window_seqs.end = sent;
+    let sent_window = window_seqs.end - window_seqs.start;
     let window_end = Instant::now();
     let cpu1 = pid.map_or(0, cpu_ticks);
     let settle = Instant::now() + Duration::from_millis(300);
     while Instant::now() < settle {
         for s in &socks {
-            recv_window += drain(s, &mut bufs, bsize, Some(&mut lat));
+            recv_window += drain(s, &mut bufs, bsize, window_seqs.clone(), &mut lat);
         }
     }
     if let Some(r) = relay {
