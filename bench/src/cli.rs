@@ -67,6 +67,19 @@ struct ClientArgs {
     /// After stdin ends, keep reading this long before exiting.
     #[arg(long, default_value_t = 500)]
     linger_ms: u64,
+    /// The relay's voice port, HOST:PORT (default: the server's host, 5001).
+    #[arg(long)]
+    voice_server: Option<SocketAddr>,
+    /// Stream synthetic voice for this many seconds on every START_CALL
+    /// (also `/voice [SECONDS]` in a call); prints a `VOICE ...` line.
+    #[arg(long)]
+    voice: Option<f64>,
+    /// Voice datagrams/s (Opus 20 ms frames: 50).
+    #[arg(long, default_value_t = 50.0)]
+    voice_pps: f64,
+    /// Voice datagram length in bytes.
+    #[arg(long, default_value_t = 160)]
+    voice_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +471,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token: a.token,
             heartbeat: Duration::from_secs(a.heartbeat_secs.clamp(1, 3600)),
             linger: Duration::from_millis(a.linger_ms),
+            voice_server: a.voice_server,
+            voice_auto: a.voice.filter(|s| s.is_finite() && *s > 0.0),
+            voice_pps: a.voice_pps,
+            voice_size: a.voice_size,
         }),
         Command::Baseline(a) => scenario::run(&scenario(
             "baseline",

@@ -14,12 +14,18 @@
 //! | `/msg ID text` | `MSG ID text` |
 //! | `/status online\|away\|busy` | `HEARTBEAT status` |
 //! | `/raw LINE` | LINE as typed |
+//! | `/voice [SECONDS]` | (starts the synthetic voice stream, in a call) |
 //! | `/quit` | (disconnects) |
 //! | other text | `MSG <partner> text` while in a call |
 //!
 //! At end of input it lingers `--linger-ms` for replies and exits, so tests
-//! and scripts can pipe into it. The synthetic voice stream needs the voice
-//! path of the relay (HELLO on UDP 5001), which is not there yet.
+//! and scripts can pipe into it, after any voice stream has finished.
+//!
+//! Voice: `/voice [SECONDS]`, or `--voice SECONDS` to start on every
+//! START_CALL, streams [`crate::client_voice`] to the relay at
+//! `--voice-server` (default: the control server's host, port 5001) from
+//! the local IP of the control connection, and prints one `VOICE sent=...
+//! received=... lost=... p99_us=...` line on stdout when done.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -29,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use whelm_shared::line::{self, Command, Reply, Status, UserId};
+
+use crate::client_voice::{self, VoiceOptions};
 
 /// How often the reader checks for shutdown.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -47,6 +55,71 @@ pub struct ClientOptions {
     pub heartbeat: Duration,
     /// How long to keep reading after stdin ends.
     pub linger: Duration,
+    /// The relay's voice address (None: the server's host, port 5001).
+    pub voice_server: Option<SocketAddr>,
+    /// Start a voice stream of this many seconds on every START_CALL.
+    pub voice_auto: Option<f64>,
+    /// Voice datagrams/s.
+    pub voice_pps: f64,
+    /// Voice datagram length.
+    pub voice_size: usize,
+}
+
+/// The default Whelm voice port (PROTOCOLS.md section 2).
+pub const VOICE_PORT: u16 = 5001;
+
+/// What a voice stream needs besides the session; stream threads kept to
+/// be joined before exit.
+struct Voice {
+    relay: SocketAddr,
+    local_ip: std::net::IpAddr,
+    auto: Option<f64>,
+    pps: f64,
+    size: usize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Voice {
+    /// Starts a stream of `seconds` as `user` (prints its line when done).
+    fn start(&self, user: Option<UserId>, seconds: f64) {
+        let Some(user) = user else {
+            eprintln!("(voice: not authenticated yet)");
+            return;
+        };
+        let o = VoiceOptions {
+            relay: self.relay,
+            local_ip: self.local_ip,
+            user: user.get(),
+            seconds,
+            pps: self.pps,
+            size: self.size,
+        };
+        let h = std::thread::Builder::new()
+            .name("client-voice".into())
+            .spawn(move || match client_voice::stream(&o) {
+                Ok(r) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", r.line());
+                    let _ = out.flush();
+                }
+                Err(e) => eprintln!("(voice: {e:#})"),
+            });
+        match (h, self.threads.lock()) {
+            (Ok(h), Ok(mut t)) => t.push(h),
+            (Err(e), _) => eprintln!("(voice: cannot start a thread: {e})"),
+            (Ok(_), Err(_)) => {}
+        }
+    }
+
+    fn join_all(&self) {
+        let hs: Vec<_> = match self.threads.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(_) => return,
+        };
+        for h in hs {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Resolves `HOST[:PORT]`, the port defaulting to 5000.
@@ -131,6 +204,15 @@ fn translate(typed: &str, s: &Session) -> Result<Option<String>, String> {
                 content: text.to_string(),
             }
         }
+        "voice" => {
+            return match rest.trim() {
+                "" => Err("voice:10".into()),
+                v => match v.parse::<f64>() {
+                    Ok(x) if x.is_finite() && x > 0.0 => Err(format!("voice:{x}")),
+                    _ => Err("usage: /voice [SECONDS]".into()),
+                },
+            };
+        }
         "status" => Command::Heartbeat {
             status: Some(Status::parse_client(rest.trim()).ok_or("status: online, away or busy")?),
         },
@@ -163,6 +245,20 @@ pub fn run(opts: &ClientOptions) -> anyhow::Result<()> {
     stream
         .set_read_timeout(Some(READ_TIMEOUT))
         .context("setting the read timeout")?;
+    let local_ip = stream
+        .local_addr()
+        .context("reading the connection's local address")?
+        .ip();
+    let voice = Arc::new(Voice {
+        relay: opts
+            .voice_server
+            .unwrap_or_else(|| SocketAddr::new(opts.server.ip(), VOICE_PORT)),
+        local_ip,
+        auto: opts.voice_auto,
+        pps: opts.voice_pps,
+        size: opts.voice_size,
+        threads: Mutex::new(Vec::new()),
+    });
     let reader = stream.try_clone().context("cloning the connection")?;
     let writer = Arc::new(Mutex::new(stream));
     let session = Arc::new(Mutex::new(Session::default()));
@@ -181,11 +277,15 @@ pub fn run(opts: &ClientOptions) -> anyhow::Result<()> {
     )?;
 
     let rx = {
-        let (session, stop, closed) =
-            (Arc::clone(&session), Arc::clone(&stop), Arc::clone(&closed));
+        let (session, stop, closed, voice) = (
+            Arc::clone(&session),
+            Arc::clone(&stop),
+            Arc::clone(&closed),
+            Arc::clone(&voice),
+        );
         std::thread::Builder::new()
             .name("client-rx".into())
-            .spawn(move || read_loop(reader, &session, &stop, &closed))
+            .spawn(move || read_loop(reader, &session, &stop, &closed, &voice))
             .context("starting the reader")?
     };
     let hb = {
@@ -226,9 +326,24 @@ pub fn run(opts: &ClientOptions) -> anyhow::Result<()> {
             match out {
                 Ok(Some(line)) => send(&writer, &line)?,
                 Ok(None) => {}
-                Err(hint) => eprintln!("({hint})"),
+                Err(hint) => match hint.strip_prefix("voice:").map(str::parse::<f64>) {
+                    Some(Ok(secs)) => {
+                        let (me, partner) = match session.lock() {
+                            Ok(s) => (s.me, s.partner),
+                            Err(_) => (None, None),
+                        };
+                        if partner.is_some() {
+                            voice.start(me, secs);
+                        } else {
+                            eprintln!("(voice: not in a call)");
+                        }
+                    }
+                    _ => eprintln!("({hint})"),
+                },
             }
         }
+        // Voice streams end on their own (bounded by their seconds).
+        voice.join_all();
         let until = Instant::now() + opts.linger;
         while Instant::now() < until && !closed.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(10));
@@ -248,6 +363,7 @@ fn read_loop(
     session: &Mutex<Session>,
     stop: &AtomicBool,
     closed: &AtomicBool,
+    voice: &Voice,
 ) -> anyhow::Result<()> {
     let mut r = BufReader::new(stream);
     let mut buf = String::new();
@@ -268,6 +384,10 @@ fn read_loop(
                     }
                     if let Reply::Incoming { caller, username } = &reply {
                         eprintln!("(call from {username}: /accept {caller} or /reject {caller})");
+                    }
+                    if let (Reply::StartCall { .. }, Some(secs)) = (&reply, voice.auto) {
+                        let me = session.lock().ok().and_then(|s| s.me);
+                        voice.start(me, secs);
                     }
                 }
                 let mut out = stdout.lock();
@@ -309,6 +429,9 @@ mod tests {
         assert_eq!(t("/hangup", &s), Ok(Some("HANGUP".into())));
         assert_eq!(t("/status away", &s), Ok(Some("HEARTBEAT away".into())));
         assert_eq!(t("/raw FOO bar", &s), Ok(Some("FOO bar".into())));
+        assert_eq!(t("/voice", &s), Err("voice:10".into()));
+        assert_eq!(t("/voice 2.5", &s), Err("voice:2.5".into()));
+        assert!(t("/voice x", &s).unwrap_err().starts_with("usage"));
         assert_eq!(t("", &s), Ok(None));
         s.observe(&Reply::parse("HANGUP 3").unwrap());
         assert!(t("hello", &s).is_err());

@@ -7,7 +7,9 @@
 //! - [`station`]: an OVP text station (`whelm-bench station`); its frames
 //!   are built by `whelm_shared::station::Outgoing`, its voice by
 //!   [`station_tx::synthetic_opus`].
-//! - [`client`]: a Whelm control-protocol client (`whelm-bench client`).
+//! - [`client`]: a Whelm control-protocol client (`whelm-bench client`);
+//!   [`client_voice`]: its synthetic voice stream (HELLO, paced probes,
+//!   loss and latency of what the partner sends).
 //!
 //! Measurement core (no scenario knowledge):
 //! - [`probe`]: the sequence number and send timestamp every load packet
@@ -54,6 +56,7 @@ pub mod capacity;
 pub mod children;
 pub mod cli;
 pub mod client;
+pub mod client_voice;
 pub mod clock;
 pub mod flows;
 pub mod forwarder;
