@@ -177,13 +177,12 @@ impl VoiceState {
         {
             self.owner.remove(&o);
         }
-        if let Some(v) = voice {
-            if let Some(prev) = self.owner.insert(v, u)
-                && prev != u
-                && let Some(r) = self.users.get_mut(&prev)
-            {
-                r.voice = None;
-            }
+        if let Some(v) = voice
+            && let Some(prev) = self.owner.insert(v, u)
+            && prev != u
+            && let Some(r) = self.users.get_mut(&prev)
+        {
+            r.voice = None;
         }
         if let Some(r) = self.users.get_mut(&u) {
             r.voice = voice;
