@@ -13,6 +13,14 @@ pub enum Bug {
     /// 65,251..=65,507 bytes come back as `Err(TooLong)`.
     /// Artifact: artifacts/station_reassembly/text-65400.
     CobsLimit,
+    /// shared/src/line.rs: `Command::parse` and `Reply::parse` strip one
+    /// `\n` and then one `\r`, so a line such as `AUTH x\r\r` (on the wire
+    /// `AUTH x\r\r\n`) parses to token `x\r`, whose `to_line` `AUTH x\r`
+    /// parses to token `x`: the parsed value does not round trip. The same
+    /// for MSG content, OK AUTH / INCOMING / START_CALL usernames and the
+    /// word of `ERROR Unknown command: <word>`.
+    /// Artifacts: artifacts/line_parser/auth-cr-cr, msg-cr-cr.
+    TrailingCr,
 }
 
 /// `true` when the check for `bug` should be skipped.

@@ -2,6 +2,19 @@
 
 use whelm_shared::line::{Command, Reply};
 
+use crate::known::{self, Bug};
+
+/// The line as the parsers see it: one `\n`, then one `\r`, stripped.
+fn stripped(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
+/// Bug::TrailingCr: what is left still ends in a line ending.
+fn trailing_eol(b: &[u8]) -> bool {
+    matches!(stripped(b).last(), Some(b'\r' | b'\n')) && known::skip(Bug::TrailingCr)
+}
+
 /// The target body.
 pub fn run(data: &[u8]) {
     command(data);
@@ -9,6 +22,10 @@ pub fn run(data: &[u8]) {
 }
 
 fn command(data: &[u8]) {
+    if trailing_eol(data) {
+        let _ = Command::parse(data);
+        return;
+    }
     match Command::parse(data) {
         Ok(cmd) => {
             match &cmd {
@@ -34,6 +51,10 @@ fn command(data: &[u8]) {
 }
 
 fn reply(text: &str) {
+    if trailing_eol(text.as_bytes()) {
+        let _ = Reply::parse(text);
+        return;
+    }
     let Ok(r) = Reply::parse(text) else { return };
     let line = r.to_line();
     assert_eq!(Reply::parse(&line), Ok(r.clone()), "to_line {line:?}");

@@ -38,3 +38,24 @@ fn artifact_text_65400_strict() {
     unsafe { std::env::set_var("WHELM_FUZZ_STRICT", "1") };
     whelm_fuzz::station_reassembly::run(&data);
 }
+
+/// Bug::TrailingCr (shared/src/line.rs, `Command::parse`, `Reply::parse`):
+/// a parsed command or reply re-parses from its `to_line` unchanged.
+#[test]
+#[ignore = "open: shared/src/line.rs strips one \\r only, a second one stays in the argument"]
+fn trailing_cr_round_trips() {
+    use whelm_shared::line::{Command, Reply};
+    for line in [&b"AUTH x\r\r"[..], b"MSG 2 hi\r\r\n", b"X\r\r"] {
+        let cmd = Command::parse(line);
+        let show = String::from_utf8_lossy(line);
+        match &cmd {
+            Ok(c) => assert_eq!(Command::parse(c.to_line().as_bytes()), cmd, "{show:?}"),
+            Err(e) => {
+                let r = Reply::Error(e.reply());
+                assert_eq!(Reply::parse(&r.to_line()), Ok(r), "{show:?}");
+            }
+        }
+    }
+    let r = Reply::parse("OK AUTH 1 bob\r\r").expect("parses");
+    assert_eq!(Reply::parse(&r.to_line()), Ok(r));
+}
