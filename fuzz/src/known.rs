@@ -21,6 +21,12 @@ pub enum Bug {
     /// word of `ERROR Unknown command: <word>`.
     /// Artifacts: artifacts/line_parser/auth-cr-cr, msg-cr-cr.
     TrailingCr,
+    /// control/src/config.rs: `secs` accepts any finite `v > 0.0`, but
+    /// `Duration::from_secs_f64` turns values below 1 ns (`1e-10`) into
+    /// zero: `heartbeat_timeout = 1e-10` loads as a zero timeout instead of
+    /// being refused as "not a positive number of seconds".
+    /// Artifact: artifacts/config_parser/heartbeat-1e-10.
+    SubNanosecond,
 }
 
 /// `true` when the check for `bug` should be skipped.

@@ -59,3 +59,24 @@ fn trailing_cr_round_trips() {
     let r = Reply::parse("OK AUTH 1 bob\r\r").expect("parses");
     assert_eq!(Reply::parse(&r.to_line()), Ok(r));
 }
+
+/// Bug::SubNanosecond (control/src/config.rs, `secs`): a duration below
+/// one nanosecond must be refused, not loaded as zero.
+#[test]
+#[ignore = "open: control/src/config.rs secs() checks the f64, not the Duration it becomes"]
+fn sub_nanosecond_timeout_is_refused() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "heartbeat_timeout = 1e-10\ndb = \"x.db\"\n").expect("write");
+    let cli = whelm_control::cli::Cli::try_parse_from([
+        std::ffi::OsStr::new("whelm-control"),
+        std::ffi::OsStr::new("--config"),
+        p.as_os_str(),
+    ])
+    .expect("cli");
+    match whelm_control::config::Config::from_cli(&cli) {
+        Err(_) => {}
+        Ok(c) => panic!("loaded heartbeat_timeout {:?}", c.machine.heartbeat_timeout),
+    }
+}
