@@ -101,10 +101,11 @@ pub struct Watchdog {
 impl Watchdog {
     /// `None` when the service manager asked for no watchdog.
     pub fn from_env(progress: Progress) -> Option<Watchdog> {
-        let mut usec = 0u64;
-        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-            return None;
-        }
+        let usec = watchdog_usec(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        )?;
         Some(Watchdog {
             period: Duration::from_micros(usec),
             next: Instant::now(),
@@ -136,6 +137,18 @@ impl Watchdog {
             return;
         }
         notifier.watchdog();
+    }
+}
+
+/// The watchdog period as sd_watchdog_enabled(3) reads it: `WATCHDOG_USEC`
+/// a positive number; `WATCHDOG_PID`, when set, must be this process (the
+/// sd-notify crate also refuses an unset `WATCHDOG_PID`, which the man page
+/// allows).
+fn watchdog_usec(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<u64> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    match pid {
+        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
+        _ => Some(usec),
     }
 }
 
@@ -297,5 +310,20 @@ impl Reloader {
         }
         self.current = new;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_env_as_the_man_page_says() {
+        assert_eq!(watchdog_usec(Some("500000"), None, 7), Some(500_000));
+        assert_eq!(watchdog_usec(Some("500000"), Some("7"), 7), Some(500_000));
+        assert_eq!(watchdog_usec(Some("500000"), Some("8"), 7), None);
+        assert_eq!(watchdog_usec(Some("0"), None, 7), None);
+        assert_eq!(watchdog_usec(Some("x"), None, 7), None);
+        assert_eq!(watchdog_usec(None, Some("7"), 7), None);
     }
 }

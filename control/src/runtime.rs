@@ -292,6 +292,7 @@ fn machine_loop(
     let mut last_summary = Instant::now();
     let mut effects = Vec::with_capacity(1024);
     let mut stop = false;
+    ops.metrics.publish_machine(&machine.stats());
     while !stop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let first = match inputs.recv_timeout(wait) {
