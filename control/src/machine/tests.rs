@@ -614,6 +614,56 @@ fn call_limit() {
 }
 
 #[test]
+fn call_limit_per_core_follows_the_relay_worker_count() {
+    let mut h = H::with(MachineConfig {
+        max_calls: 1,
+        max_calls_per_core: Some(1),
+        rate_per_sec: 0.0,
+        ..MachineConfig::default()
+    });
+    for i in 1..=6 {
+        h.login(i, i);
+    }
+    // No counters from the relay yet: max_calls.
+    assert_eq!(h.m.call_limit(), 1);
+    h.input(Input::Relay(crate::jobs::RelayInput::Counters {
+        bps_in: 0,
+        bps_out: 0,
+        bps_limit: 0,
+        workers: 2,
+    }));
+    assert_eq!(h.m.call_limit(), 2);
+    h.ring(1, 1, 2, 2);
+    h.ring(3, 3, 4, 4);
+    assert_eq!(h.line(5, "CALL 6"), vec![err(5, ErrorReply::AtCapacity)]);
+    assert_eq!(h.m.stats().calls_refused, 1);
+    assert_eq!(h.m.stats().calls_offered, 2);
+}
+
+#[test]
+fn reconfigure_applies_to_new_calls_only() {
+    let mut h = H::with(MachineConfig {
+        max_calls: 2,
+        rate_per_sec: 0.0,
+        ..MachineConfig::default()
+    });
+    for i in 1..=4 {
+        h.login(i, i);
+    }
+    h.ring(1, 1, 2, 2);
+    let cfg = MachineConfig {
+        max_calls: 1,
+        ..h.m.config().clone()
+    };
+    assert_eq!(h.input(Input::Reconfigure(Box::new(cfg))), vec![]);
+    // The ringing call stays; a new one is over the new limit.
+    assert_eq!(h.m.call_count(), 1);
+    assert_eq!(h.line(3, "CALL 4"), vec![err(3, ErrorReply::AtCapacity)]);
+    h.line(1, "HANGUP");
+    h.ring(3, 3, 4, 4);
+}
+
+#[test]
 fn ringing_expires_with_hangup_to_both() {
     let mut h = H::new();
     h.login(1, 1);
