@@ -376,7 +376,12 @@ impl Merged {
 
     fn secs(&self, key: &str) -> Result<Duration, BadValue> {
         let v = self.float(key)?;
+        // At least a millisecond: a smaller value would become a zero (or
+        // nonsensical) Duration (fuzz/artifacts/config_parser/heartbeat-1e-10).
         if v.is_finite() && v > 0.0 && v < 1e9 {
+            if v < 0.001 {
+                return Err(self.bad(key, "must be a positive number of seconds (at least 0.001)"));
+            }
             Ok(Duration::from_secs_f64(v))
         } else {
             Err(self.bad(key, "must be a positive number of seconds"))
@@ -472,9 +477,9 @@ impl Config {
             return Err(m.bad("log", format!("not a log filter ({e})")).into());
         }
         let summary = m.float("summary_interval")?;
-        if !(summary.is_finite() && (0.0..1e9).contains(&summary)) {
+        if !(summary.is_finite() && (summary == 0.0 || (1.0..1e9).contains(&summary))) {
             return Err(m
-                .bad("summary_interval", "must be >= 0 seconds (0: off)")
+                .bad("summary_interval", "must be 0 (off) or at least 1 second")
                 .into());
         }
         let tls = match m.addr("tls_listen", true)? {
@@ -631,6 +636,11 @@ mod tests {
             e.contains(
                 "control.toml: key \"heartbeat_timeout\": value -3: must be a positive number of seconds"
             ),
+            "{e}"
+        );
+        let e = err_of("heartbeat_timeout = 1e-10\n");
+        assert!(
+            e.contains("key \"heartbeat_timeout\": value 0.0000000001: must be a positive number of seconds (at least 0.001)"),
             "{e}"
         );
         let e = err_of("max_calls = -1\n");
