@@ -101,7 +101,7 @@ impl StationId {
         }
         let mut v = raw;
         while v != 0 {
-            if v % RADIX == 0 {
+            if v.is_multiple_of(RADIX) {
                 return Err(FrameError::BadStationId);
             }
             v /= RADIX;

@@ -33,8 +33,11 @@ pub const RTP_PAYLOAD_TYPE: u8 = 96;
 
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
-/// Largest message the reassembler buffers before it gives up on a stream.
+/// Largest packet a message can be (the IPv4 total length limit).
 pub const MAX_MESSAGE_LEN: usize = 65_535;
+/// Largest COBS encoding of a [`MAX_MESSAGE_LEN`] packet: what the
+/// reassembler buffers before it gives up on a stream.
+const MAX_ENCODED_LEN: usize = MAX_MESSAGE_LEN + MAX_MESSAGE_LEN / 254 + 1;
 
 /// Why a reassembled packet is not a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -427,7 +430,7 @@ impl Reassembler {
         let mut parts = payload.split(|&b| b == 0).peekable();
         while let Some(part) = parts.next() {
             let delimited = parts.peek().is_some();
-            if self.pending.len() + part.len() > MAX_MESSAGE_LEN {
+            if self.pending.len() + part.len() > MAX_ENCODED_LEN {
                 self.pending.clear();
                 self.overflowed = true;
             } else if !self.overflowed {
@@ -501,6 +504,27 @@ mod tests {
         }
     }
 
+    /// The largest text an IPv4 packet holds reassembles (its COBS form is
+    /// longer than the packet; found by the station_reassembly fuzz target).
+    #[test]
+    fn text_up_to_the_ipv4_limit_reassembles() {
+        let id = StationId::encode("W1AW").unwrap();
+        let text = "x".repeat(MAX_MESSAGE_LEN - IPV4_HEADER_LEN - UDP_HEADER_LEN);
+        let mut rx = Reassembler::new();
+        let got: Vec<_> = Outgoing::new(id, 1)
+            .text(&text)
+            .iter()
+            .flat_map(|f| rx.push(&f[HEADER_LEN..]))
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().unwrap().message, Message::Text(text));
+        assert!(
+            Outgoing::new(id, 1)
+                .text(&"x".repeat(MAX_MESSAGE_LEN))
+                .is_empty()
+        );
+    }
+
     #[test]
     fn corrupt_and_oversized_streams_are_errors() {
         let mut rx = Reassembler::new();
@@ -509,7 +533,7 @@ mod tests {
             vec![Err(PacketError::Cobs(CobsError::Truncated))]
         );
         assert!(rx.push(&[0; 122]).is_empty(), "padding is nothing");
-        for _ in 0..(MAX_MESSAGE_LEN / 100 + 1) {
+        for _ in 0..(MAX_ENCODED_LEN / 100 + 1) {
             assert!(rx.push(&[0x11; 100]).is_empty());
         }
         assert!(rx.has_pending());
