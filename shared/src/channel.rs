@@ -98,6 +98,12 @@ pub enum Command {
     Counters,
     /// Answered with [`Outcome::Stations`]: the OVP conference registry.
     Stations,
+    /// Re-read the relay's configuration file and apply what changes without
+    /// a restart (limits, rate limits, allow/deny lists, log level, stats
+    /// interval); calls and stations are untouched. Allowed to operators
+    /// (`whelm-relay ctl reload`). Answered with [`Outcome::Reloaded`], or an
+    /// [`Outcome::Error`] when the file has an error (nothing applied).
+    Reload,
 }
 
 /// One allowed user.
@@ -192,6 +198,16 @@ pub enum Outcome {
     Stations {
         /// Every station in the registry.
         stations: Vec<StationInfo>,
+    },
+    /// The answer to [`Command::Reload`]: the configuration was re-read and
+    /// applied on every worker.
+    Reloaded {
+        /// Keys applied, as `key: old -> new`.
+        changed: Vec<String>,
+        /// Keys that changed in the file but need a restart (kept at their
+        /// running values), as `key: running -> file`.
+        #[serde(default)]
+        restart_needed: Vec<String>,
     },
 }
 
@@ -449,6 +465,28 @@ mod tests {
             addr: "[::1]:5000".parse().unwrap(),
         });
         assert_eq!(encode(&ev), b"{\"type\":\"event\",\"event\":\"voice_registered\",\"user\":2,\"addr\":\"[::1]:5000\"}\n");
+    }
+
+    #[test]
+    fn reload_wire_form() {
+        let req = ClientMsg::Request {
+            id: 4,
+            command: Command::Reload,
+        };
+        assert_eq!(
+            encode(&req),
+            b"{\"type\":\"request\",\"id\":4,\"command\":{\"op\":\"reload\"}}\n"
+        );
+        let rep = RelayMsg::Reply {
+            id: 4,
+            outcome: Outcome::Reloaded {
+                changed: vec!["deny: [] -> [\"K0K\"]".into()],
+                restart_needed: vec![],
+            },
+        };
+        let line = encode(&rep);
+        assert!(line.starts_with(b"{\"type\":\"reply\",\"id\":4,\"outcome\":{\"result\":\"reloaded\""));
+        assert_eq!(decode::<RelayMsg>(&line).unwrap(), rep);
     }
 
     #[test]
