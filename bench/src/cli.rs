@@ -276,7 +276,7 @@ struct CapacityArgs {
     max_seconds: f64,
     /// Calls whose sockets carry the load (the load per call is 2 x --pps;
     /// the offered rate is searched, calls = rate / (2 x pps)).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     calls: usize,
     /// Datagrams/s per direction of a call.
     #[arg(long, default_value_t = 50.0)]
