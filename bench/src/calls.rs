@@ -173,7 +173,7 @@ pub struct Stack {
 
 /// Whether `bin --help` mentions `flag` (flags added by other issues are
 /// passed only to binaries that have them).
-fn has_flag(bin: &Path, flag: &str) -> bool {
+pub fn has_flag(bin: &Path, flag: &str) -> bool {
     Command::new(bin)
         .arg("--help")
         .output()
@@ -201,6 +201,9 @@ pub fn start_stack(
         .args(["--bandwidth-mbps", "0", "--stats-interval", "3600"])
         .arg("--control-socket")
         .arg(&sock);
+    if has_flag(relay_bin, "--metrics-listen") {
+        cmd.args(["--metrics-listen", "off"]);
+    }
     let relay = Target::start_with_key(
         cmd,
         &format!("whelm-relay ({})", relay_bin.display()),

@@ -293,6 +293,9 @@ fn one_run(
         "--rate-limit",
         "0",
     ]);
+    if crate::calls::has_flag(&sc.control_bin, "--metrics-listen") {
+        cmd.args(["--metrics-listen", "off"]);
+    }
     let mut control =
         Target::start_with_key(cmd, "whelm-control", "", "listen=", Duration::from_secs(30))?;
     let addr: SocketAddrV4 = control.ovp;

@@ -127,6 +127,10 @@ pub fn start_target(
                 .args(["--reply-to", "source", "--engine", engine])
                 .args(["--cores", &core_list(&sc.server_cores)])
                 .args(["--station-rate", "0", "--stats-interval", "3600"]);
+            // Several relays may run at once (tests): no fixed metrics port.
+            if crate::calls::has_flag(&sc.relay_bin, "--metrics-listen") {
+                cmd.args(["--metrics-listen", "off"]);
+            }
             Target::start(
                 cmd,
                 &format!("whelm-relay ({})", sc.relay_bin.display()),

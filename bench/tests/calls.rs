@@ -130,7 +130,14 @@ fn two_clients_stream_voice_through_relay_and_control() {
     let bob_token = add_user(&db, "bob");
     let mut cmd = Command::new(relay());
     cmd.args(["--bind", "127.0.0.1", "--port", "0", "--voice-port", "0"])
-        .args(["--engine", "mmsg", "--workers", "1"])
+        .args([
+            "--engine",
+            "mmsg",
+            "--workers",
+            "1",
+            "--metrics-listen",
+            "off",
+        ])
         .arg("--control-socket")
         .arg(&sock);
     let relay = Proc::start(cmd);
@@ -138,7 +145,7 @@ fn two_clients_stream_voice_through_relay_and_control() {
     let mut cmd = Command::new(control_bin());
     cmd.arg("--db")
         .arg(&db)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
         .arg("--relay-socket")
         .arg(&sock);
     let control = Proc::start(cmd);

@@ -56,7 +56,14 @@ fn two_clients_call_message_and_hang_up() {
     let alice_token = add_user(db, "alice");
     let bob_token = add_user(db, "bob");
     let mut cmd = Command::new(control_bin());
-    cmd.args(["--db", db, "--listen", "127.0.0.1:0"]);
+    cmd.args([
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+    ]);
     let control = Proc::start(cmd);
     let ready = control.wait_out(" ready: ", 15);
     let server = ready
