@@ -17,6 +17,15 @@
 //! bounded queue; a connection whose queue is full is closed and logged, and
 //! the installed state stays.
 //!
+//! Operations (issue 7): the coordinator feeds the systemd watchdog from
+//! its loop only while every worker's loop counter moves
+//! ([`crate::observe::Watchdog`]), sends `STATUS=` with each summary,
+//! publishes the [`RelayGauges`] for the metrics endpoint, and applies
+//! configuration reloads ([`Event::Reload`] on SIGHUP, [`Command::Reload`]
+//! from `whelm-relay ctl reload`): the file is re-read and validated whole
+//! by [`Config::load`] before anything changes; limits, lists, the log
+//! filter and the stats interval are applied; calls and stations stay.
+//!
 //! Stats lines are `key=value` fields after a fixed word, for grepping:
 //! `stats kind=periodic|final frames_received=.. frames_forwarded=..
 //! active_stations=.. decode_errors=.. timed_out=.. rate_limited=.. ...`,
@@ -26,6 +35,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,15 +46,18 @@ use whelm_shared::channel::{
 };
 
 use crate::cmdsock::{ConnEvent, ConnHandle};
+use crate::config::{Cli, Config};
 use crate::engine::EngineKind;
-use crate::metrics::{Metric, WorkerCounters, drop_key, stat};
+use crate::logging::LogHandle;
+use crate::metrics::{Metric, RelayGauges, WorkerCounters, drop_key, stat};
 use crate::net::display_addr;
+use crate::observe::{Notifier, Watchdog};
 use crate::registry::{Notice, Registry};
 use crate::update::{Event, Hello, Update};
 use crate::voice::{HelloResult, Refusal, VoiceState};
 
 /// Highest bandwidth limit accepted, Mbit/s.
-pub const MAX_BANDWIDTH_MBPS: u64 = 1_000_000;
+pub const MAX_BANDWIDTH_MBPS: u64 = crate::config::MAX_BANDWIDTH_MBPS;
 /// Interval of the counters event.
 pub const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -87,6 +100,34 @@ pub struct LimitsState {
     pub station_burst: u32,
 }
 
+/// What a reload needs: the command line the relay started with (its flags
+/// still win over the file), the configuration in force, the log filter.
+pub struct ReloadCtx {
+    /// The start-up command line.
+    pub cli: Cli,
+    /// The configuration in force (restart-only keys at their start values).
+    pub current: Config,
+    /// The log filter's handle (None when no subscriber was installed).
+    pub log: Option<LogHandle>,
+}
+
+/// Operations wiring of the coordinator.
+pub struct Ops {
+    /// Published for the metrics endpoint.
+    pub gauges: Arc<RelayGauges>,
+    /// The systemd watchdog, when `WATCHDOG_USEC` asks for one.
+    pub watchdog: Option<Watchdog>,
+    /// `WATCHDOG=1` and `STATUS=`.
+    pub notifier: Notifier,
+    /// Reload support (None: reloads are refused).
+    pub reload: Option<ReloadCtx>,
+    /// Set by main once `READY=1` went out; no `WATCHDOG=1` before it.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A reload's worker updates, applied changes and restart-only changes.
+type Reloaded = (Vec<Update>, Vec<String>, Vec<String>);
+
 /// Who a queued line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -126,6 +167,9 @@ pub struct Coordinator {
     /// (when, rx bytes, tx bytes) at the last counters sample.
     rate_sample: (Instant, u64, u64),
     bps: (u64, u64),
+    ops: Ops,
+    /// A reload changed `stats_interval`; the loop reschedules.
+    stats_changed: bool,
 }
 
 /// Sums one metric over totals.
@@ -133,8 +177,13 @@ fn total(t: &[u64; Metric::COUNT], m: Metric) -> u64 {
     t[m as usize]
 }
 
+/// Commands an operator connection may not send. `Reload` is allowed: it
+/// only re-reads the file the operator controls anyway.
 fn is_change(c: &Command) -> bool {
-    !matches!(c, Command::Snapshot | Command::Counters | Command::Stations)
+    !matches!(
+        c,
+        Command::Snapshot | Command::Counters | Command::Stations | Command::Reload
+    )
 }
 
 impl Coordinator {
@@ -171,7 +220,21 @@ impl Coordinator {
             hello_denied: vec![0; n],
             rate_sample: (Instant::now(), 0, 0),
             bps: (0, 0),
+            ops: Ops {
+                gauges: Arc::new(RelayGauges::new(n)),
+                watchdog: None,
+                notifier: Notifier::new(),
+                reload: None,
+                ready: Arc::default(),
+            },
+            stats_changed: false,
         }
+    }
+
+    /// Replaces the operations wiring (gauges, watchdog, reload).
+    pub fn with_ops(mut self, ops: Ops) -> Coordinator {
+        self.ops = ops;
+        self
     }
 
     /// This worker's share of the bandwidth limit in bytes/s (0 = none).
@@ -185,6 +248,7 @@ impl Coordinator {
             bytes_per_sec: self.bandwidth_share(),
         }];
         self.commit(ups);
+        self.publish_gauges();
         std::thread::Builder::new()
             .name("relay-coord".into())
             .spawn(move || self.run())
@@ -249,10 +313,11 @@ impl Coordinator {
         let never = crossbeam_channel::never();
         let mut hellos_open = true;
         loop {
-            let wait = next_tick
-                .min(next_stats)
-                .min(next_counters)
-                .saturating_duration_since(Instant::now());
+            let mut due = next_tick.min(next_stats).min(next_counters);
+            if let Some(w) = &self.ops.watchdog {
+                due = due.min(w.next_due());
+            }
+            let wait = due.saturating_duration_since(Instant::now());
             let hellos = if hellos_open { &self.hellos } else { &never };
             crossbeam_channel::select! {
                 recv(self.events) -> ev => match ev {
@@ -269,6 +334,15 @@ impl Coordinator {
                 default(wait) => {}
             }
             let now = Instant::now();
+            if let Some(w) = &mut self.ops.watchdog
+                && self.ops.ready.load(Ordering::Relaxed)
+            {
+                let loops = self.info.iter().map(|i| i.counters.get(Metric::Loops));
+                w.feed(now, loops, &mut self.ops.notifier);
+            }
+            if std::mem::take(&mut self.stats_changed) {
+                next_stats = now + self.stats_interval;
+            }
             if now >= next_tick {
                 next_tick = now + self.tick;
                 for (u, n) in self.registry.expire(now) {
@@ -279,6 +353,7 @@ impl Coordinator {
             if now >= next_counters {
                 next_counters = now + COUNTERS_INTERVAL;
                 self.sample_rates(now);
+                self.publish_gauges();
                 if self.conns.values().any(|c| c.role == Role::Control) {
                     let c = self.counters();
                     self.tell_controls(channel::Event::Counters(c));
@@ -311,6 +386,11 @@ impl Coordinator {
                 self.flush_pending();
             }
             Event::Conn(c) => self.on_conn(c),
+            Event::Reload => {
+                if let Ok((updates, _, _)) = self.reload() {
+                    self.commit(updates);
+                }
+            }
             Event::Shutdown => {}
         }
     }
@@ -321,7 +401,11 @@ impl Coordinator {
                 if let Some(c) = self.hello_denied.get_mut(h.worker) {
                     *c += 1;
                 }
-                tracing::debug!(user = %h.user, src = %display_addr(h.src), "HELLO denied");
+                if let Some(g) = self.ops.gauges.hello_denied.get(h.worker) {
+                    g.fetch_add(1, Ordering::Relaxed);
+                }
+                // Per datagram: trace only.
+                tracing::trace!(user = %h.user, src = %display_addr(h.src), "HELLO denied");
             }
             HelloResult::Unchanged => {}
             HelloResult::Registered { addr, updates } => {
@@ -388,8 +472,18 @@ impl Coordinator {
                         stations: self.stations(),
                     },
                 )),
+                Command::Reload => self.reload().map(|(u, changed, restart_needed)| {
+                    (
+                        u,
+                        Outcome::Reloaded {
+                            changed,
+                            restart_needed,
+                        },
+                    )
+                }),
             }
         };
+        self.publish_gauges();
         match result {
             Ok((updates, outcome)) => {
                 let generation = self.commit(updates);
@@ -433,6 +527,111 @@ impl Coordinator {
             "limits set"
         );
         Ok(ups)
+    }
+
+    /// Re-reads and validates the configuration, then applies the
+    /// reloadable keys that changed; counts and logs the outcome. Returns the
+    /// worker updates, the applied changes and the restart-only changes.
+    fn reload(&mut self) -> Result<Reloaded, Refusal> {
+        match self.try_reload() {
+            Ok(r) => {
+                self.ops.gauges.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(r)
+            }
+            Err(e) => {
+                self.ops
+                    .gauges
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let msg = format!("{e:#}");
+                tracing::error!("configuration reload refused, running configuration kept: {msg}");
+                Err((ErrorCode::Invalid, msg))
+            }
+        }
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<Reloaded> {
+        let Some(ctx) = self.ops.reload.as_mut() else {
+            anyhow::bail!("this relay has no configuration to reload");
+        };
+        // Validated whole before anything is applied.
+        let new = Config::load(&ctx.cli)?;
+        let (changed, restart) = ctx.current.diff(&new);
+        let moved = |k: &str| changed.iter().any(|c| c.starts_with(&format!("{k}: ")));
+        // The log filter first: the only step that can still fail.
+        if moved("log")
+            && let Some(h) = &ctx.log
+        {
+            crate::logging::set_filter(h, &new.log)?;
+        }
+        for r in &restart {
+            tracing::warn!(change = %r, "changing this key needs a restart; running value kept");
+        }
+        let cur = &mut ctx.current;
+        for k in crate::config::RELOADABLE {
+            if let Some(v) = new.effective.get(k) {
+                cur.effective.insert(k.to_owned(), v.clone());
+            }
+        }
+        cur.log.clone_from(&new.log);
+        cur.bandwidth_mbps = new.bandwidth_mbps;
+        cur.station_rate = new.station_rate;
+        cur.station_burst = new.station_burst;
+        cur.allow.clone_from(&new.allow);
+        cur.deny.clone_from(&new.deny);
+        cur.stats_interval = new.stats_interval;
+        // Only what changed in the file: a limit control set at run time
+        // (set_limits) stays unless the file's value changed.
+        let mut ups = Vec::new();
+        if moved("bandwidth_mbps") {
+            self.limits.bandwidth_mbps = new.bandwidth_mbps;
+            ups.push(Update::Bandwidth {
+                bytes_per_sec: self.bandwidth_share(),
+            });
+        }
+        if moved("station_rate") || moved("station_burst") {
+            self.limits.station_rate = new.station_rate;
+            self.limits.station_burst = new.station_burst;
+            ups.push(Update::StationRate {
+                rate: new.station_rate,
+                burst: new.station_burst,
+            });
+        }
+        if moved("allow") || moved("deny") {
+            ups.push(Update::Lists {
+                allow: new.allow.map(Arc::new),
+                deny: Arc::new(new.deny),
+            });
+        }
+        if moved("stats_interval") {
+            self.stats_interval = new.stats_interval;
+            self.stats_changed = true;
+        }
+        if changed.is_empty() {
+            tracing::info!("configuration reloaded: nothing changed");
+        } else {
+            tracing::info!(changes = %changed.join(", "), "configuration reloaded");
+        }
+        Ok((ups, changed, restart))
+    }
+
+    /// Publishes the coordinator's numbers for the metrics endpoint.
+    fn publish_gauges(&self) {
+        let g = &self.ops.gauges;
+        g.calls
+            .store(self.voice.call_count() as u64, Ordering::Relaxed);
+        g.users
+            .store(self.voice.user_count() as u64, Ordering::Relaxed);
+        g.stations
+            .store(self.registry.len() as u64, Ordering::Relaxed);
+        g.timed_out
+            .store(self.registry.timed_out(), Ordering::Relaxed);
+        g.bps_in.store(self.bps.0, Ordering::Relaxed);
+        g.bps_out.store(self.bps.1, Ordering::Relaxed);
+        g.bps_limit.store(
+            self.limits.bandwidth_mbps.saturating_mul(1_000_000),
+            Ordering::Relaxed,
+        );
     }
 
     fn min_applied(&self) -> u64 {
@@ -620,6 +819,17 @@ impl Coordinator {
             let _ = write!(line, " {}={}", m.name(), total(&totals, m));
         }
         tracing::info!("{line}");
+        let status = format!(
+            "{} stations, {} calls, {} users; frames {} in / {} out; voice {} / {} bit/s",
+            self.registry.len(),
+            self.voice.call_count(),
+            self.voice.user_count(),
+            total(&totals, Metric::OvpFrames),
+            total(&totals, Metric::OvpForwarded),
+            self.bps.0,
+            self.bps.1
+        );
+        self.ops.notifier.status(&status);
         let now = Instant::now();
         for (id, s) in self.registry.stations() {
             tracing::info!(

@@ -558,6 +558,13 @@ impl Core {
                 self.cfg.station_rate = rate;
                 self.cfg.station_burst = burst.max(1);
             }
+            Update::Lists {
+                ref allow,
+                ref deny,
+            } => {
+                self.cfg.allow = allow.as_deref().cloned();
+                self.cfg.deny = (**deny).clone();
+            }
             Update::Commit { .. } => {}
         }
     }

@@ -1,4 +1,4 @@
-//! `whelm-relay ctl [--socket PATH] users|calls|stations|counters [--json]`:
+//! `whelm-relay ctl [--socket PATH] users|calls|stations|counters|reload [--json]`:
 //! the operator's view through the command socket. Connects with role
 //! `operator` (read-only), sends one request, renders the reply as a table
 //! (or the reply's JSON with `--json`). Events are not sent to operators;
@@ -30,13 +30,16 @@ pub enum What {
     Stations,
     /// Per-worker counters and bandwidth.
     Counters,
+    /// Re-read the relay's configuration file (like SIGHUP); prints what
+    /// changed, or the error (exit 1, nothing applied).
+    Reload,
 }
 
 /// `whelm-relay ctl` arguments.
 #[derive(Debug, Parser)]
 #[command(
     name = "whelm-relay ctl",
-    about = "Show the relay's users, calls, stations or counters"
+    about = "Show the relay's users, calls, stations or counters; reload its configuration"
 )]
 pub struct CtlCli {
     /// Command socket (default: `$RUNTIME_DIRECTORY/relay.sock`, else
@@ -74,6 +77,7 @@ pub fn run(cli: &CtlCli) -> anyhow::Result<String> {
         What::Users | What::Calls => Command::Snapshot,
         What::Stations => Command::Stations,
         What::Counters => Command::Counters,
+        What::Reload => Command::Reload,
     };
     let mut req = encode(&hello);
     req.extend(encode(&ClientMsg::Request { id: 1, command }));
@@ -95,7 +99,7 @@ pub fn run(cli: &CtlCli) -> anyhow::Result<String> {
         match msg {
             RelayMsg::Refused { reason } => bail!("the relay refused the connection: {reason}"),
             RelayMsg::Reply { id: 1, outcome } => {
-                if cli.json {
+                if cli.json && !matches!(outcome, Outcome::Error { .. }) {
                     return Ok(line.trim_end().to_string());
                 }
                 return render(cli.what, outcome);
@@ -113,8 +117,34 @@ fn render(what: What, outcome: Outcome) -> anyhow::Result<String> {
         (What::Calls, Outcome::Snapshot(s)) => Ok(calls(&s)),
         (What::Stations, Outcome::Stations { stations: s }) => Ok(stations(&s)),
         (What::Counters, Outcome::Counters(c)) => Ok(counters(&c)),
+        (
+            What::Reload,
+            Outcome::Reloaded {
+                changed,
+                restart_needed,
+            },
+        ) => Ok(reloaded(&changed, &restart_needed)),
         (_, other) => bail!("unexpected reply: {other:?}"),
     }
+}
+
+fn reloaded(changed: &[String], restart_needed: &[String]) -> String {
+    let mut out = if changed.is_empty() {
+        "configuration reloaded: nothing changed\n".to_owned()
+    } else {
+        let mut s = "configuration reloaded; applied:\n".to_owned();
+        for c in changed {
+            s.push_str(&format!("  {c}\n"));
+        }
+        s
+    };
+    if !restart_needed.is_empty() {
+        out.push_str("changed in the file but needing a restart (running values kept):\n");
+        for c in restart_needed {
+            out.push_str(&format!("  {c}\n"));
+        }
+    }
+    out
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

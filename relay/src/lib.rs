@@ -2,7 +2,9 @@
 //!
 //! Modules, in the order a datagram meets them:
 //!
-//! - [`config`]: flags over TOML file over defaults.
+//! - [`config`]: flags over environment over TOML file over defaults,
+//!   validated whole (errors name source, key, value, reason); which keys a
+//!   reload applies.
 //! - [`relay`]: start-up (binds, workers, coordinator, ready line) and
 //!   shutdown.
 //! - [`net`]: `SO_REUSEPORT` sockets, sockaddr parsing, CPU pinning.
@@ -29,8 +31,12 @@
 //!   `SO_PEERCRED` check, handshake, one reader and one bounded writer per
 //!   connection); requests go to the coordinator.
 //! - [`ctl`]: `whelm-relay ctl`, the operator's client of that socket.
-//! - [`metrics`]: every counter name; per-worker counters read without
-//!   stopping the workers.
+//! - [`metrics`]: every counter name (stats lines and Prometheus); per-worker
+//!   counters read without stopping the workers; the coordinator's gauges.
+//! - [`observe`]: systemd notification (READY, STATUS, STOPPING), the
+//!   watchdog fed while every worker loop moves, the metrics endpoint.
+//! - [`logging`]: tracing on stderr (compact under journald), the reloadable
+//!   filter, rate-limited error logging.
 //!
 //! Flow: socket -> engine receive batch -> `batch::process` -> `Core::decide`
 //! -> engine send queue -> socket. Learned stations: `Core` -> worker ->
@@ -38,7 +44,10 @@
 //! `cmdsock` -> coordinator (`VoiceState`) -> `Update::Commit` to every
 //! worker (eventfd wake) -> `Event::Applied` from each -> reply to control.
 //! A HELLO: `Core` -> worker -> bounded `Hello` channel -> coordinator ->
-//! routes to every worker + `voice_registered` event to control.
+//! routes to every worker + `voice_registered` event to control. A reload
+//! (SIGHUP -> main -> `Event::Reload`, or `ctl reload` -> `cmdsock`) ->
+//! coordinator re-reads the file -> `Update::Commit` of the changed limits
+//! and lists to every worker.
 
 pub mod batch;
 pub mod cmdsock;
@@ -48,8 +57,10 @@ pub mod core;
 pub mod ctl;
 pub mod engine;
 pub mod hello;
+pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod observe;
 pub mod registry;
 pub mod relay;
 pub mod update;

@@ -1,14 +1,17 @@
-//! `whelm-relay` binary: parse flags, set up logging (stderr) and signals,
-//! run [`whelm_relay::relay::run`], print the one ready line to stdout.
+//! `whelm-relay` binary: parse flags, load and validate the configuration
+//! (`--check-config` prints it and exits), set up logging (stderr; compact
+//! under journald) and signals (SIGINT/SIGTERM stop, SIGHUP reloads), run
+//! [`whelm_relay::relay::run`], print the one ready line to stdout.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use whelm_relay::config::{Cli, Config};
+use whelm_relay::logging::{self, LogHandle};
+use whelm_relay::relay::Options;
 
 fn main() -> std::process::ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
@@ -22,15 +25,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let default = if cfg.verbose { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-        )
-        .init();
-    match run(&cfg) {
+    if cli.check_config {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{}", cfg.to_toml());
+        let _ = out.flush();
+        return std::process::ExitCode::SUCCESS;
+    }
+    let log = logging::init(&cfg.log);
+    match run(&cli, &cfg, log) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -41,7 +43,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// `whelm-relay ctl ...`: the table (or JSON) on stdout, errors on stderr,
-/// exit 1 when the relay is not running or refuses.
+/// exit 1 when the relay is not running, refuses, or refuses a reload.
 fn ctl() -> std::process::ExitCode {
     let cli = whelm_relay::ctl::CtlCli::parse_from(std::env::args_os().skip(1));
     match whelm_relay::ctl::run(&cli) {
@@ -57,13 +59,21 @@ fn ctl() -> std::process::ExitCode {
     }
 }
 
-fn run(cfg: &Config) -> anyhow::Result<()> {
+fn run(cli: &Cli, cfg: &Config, log: LogHandle) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
             .with_context(|| format!("installing handler for signal {sig}"))?;
     }
-    whelm_relay::relay::run(cfg, stop, |ready| {
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing the SIGHUP handler")?;
+    let opts = Options {
+        cli: Some(cli.clone()),
+        log: Some(log),
+        reload,
+    };
+    whelm_relay::relay::run(cfg, stop, opts, |ready| {
         let mut out = std::io::stdout().lock();
         // If stdout is closed nobody waits for the line; keep running.
         let _ = writeln!(out, "{}", ready.line());

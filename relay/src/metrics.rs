@@ -6,7 +6,14 @@
 //! iteration with relaxed stores. The coordinator's stats thread reads the
 //! published values with relaxed loads, without stopping the workers. One
 //! writer per counter: the worker that owns it.
+//!
+//! The Prometheus names (`whelm_relay_*`) are here too: [`prom_series`] maps
+//! each per-worker [`Metric`] to its family and label, and [`render`]
+//! writes the text exposition format (version 0.0.4) from the workers'
+//! counters and the coordinator's [`RelayGauges`].
 
+use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use whelm_shared::ovp::FrameError;
@@ -69,11 +76,25 @@ pub enum Metric {
     RecvRearms,
     /// Other receive errors.
     RecvErrors,
+    /// Loop iterations, idle wake-ups included: the worker's heartbeat (the
+    /// coordinator feeds the systemd watchdog only while it moves).
+    Loops,
+    /// Loop iterations (io_uring) or receive batches (mmsg) that handled at
+    /// least one completion or datagram.
+    Batches,
+    /// Completions (io_uring) or datagrams (mmsg) handled in those batches:
+    /// with [`Metric::Batches`], the mean batch size.
+    BatchItems,
+    /// Gauge: io_uring send slots in use (0 on mmsg, which holds no sends
+    /// across loops).
+    SendSlotsInUse,
+    /// Gauge: io_uring send slots in total (0 on mmsg).
+    SendSlots,
 }
 
 impl Metric {
     /// Every metric in index order.
-    pub const ALL: [Metric; 26] = [
+    pub const ALL: [Metric; 31] = [
         Metric::RxPackets,
         Metric::RxBytes,
         Metric::OvpFrames,
@@ -100,6 +121,11 @@ impl Metric {
         Metric::RecvNoBufs,
         Metric::RecvRearms,
         Metric::RecvErrors,
+        Metric::Loops,
+        Metric::Batches,
+        Metric::BatchItems,
+        Metric::SendSlotsInUse,
+        Metric::SendSlots,
     ];
     /// Number of metrics.
     pub const COUNT: usize = Metric::ALL.len();
@@ -133,6 +159,11 @@ impl Metric {
             Metric::RecvNoBufs => "recv_enobufs",
             Metric::RecvRearms => "recv_rearms",
             Metric::RecvErrors => "recv_errors",
+            Metric::Loops => "loops",
+            Metric::Batches => "batches",
+            Metric::BatchItems => "batch_items",
+            Metric::SendSlotsInUse => "send_slots_in_use",
+            Metric::SendSlots => "send_slots",
         }
     }
 
@@ -182,6 +213,288 @@ pub mod stat {
 /// `partner_not_registered`, `bandwidth`, ...); None for other metrics.
 pub fn drop_key(m: Metric) -> Option<&'static str> {
     m.name().strip_prefix("drop_")
+}
+
+/// Prometheus family names (all `whelm_relay_`; counters end in `_total`).
+pub mod prom {
+    /// `{worker, direction="in|out"}` datagrams.
+    pub const PACKETS: &str = "whelm_relay_packets_total";
+    /// `{worker, direction}` payload bytes.
+    pub const BYTES: &str = "whelm_relay_bytes_total";
+    /// `{worker}` valid OVP frames received.
+    pub const OVP_FRAMES: &str = "whelm_relay_ovp_frames_total";
+    /// `{worker, kind="ovp|voice"}` copies sent.
+    pub const FORWARDED: &str = "whelm_relay_forwarded_total";
+    /// `{worker}` sends the kernel refused.
+    pub const SEND_ERRORS: &str = "whelm_relay_send_errors_total";
+    /// `{worker, reason}` datagrams dropped (reason = the `drops` key of the
+    /// command channel's counters, plus `hello_denied`).
+    pub const DROPS: &str = "whelm_relay_drops_total";
+    /// `{worker}` well-formed HELLOs handed to the coordinator.
+    pub const VOICE_HELLOS: &str = "whelm_relay_voice_hellos_total";
+    /// `{worker}` receive completions with ENOBUFS (buffer ring empty).
+    pub const RECV_ENOBUFS: &str = "whelm_relay_recv_enobufs_total";
+    /// `{worker}` multishot receives (re-)armed.
+    pub const RECV_REARMS: &str = "whelm_relay_recv_rearms_total";
+    /// `{worker}` other receive errors.
+    pub const RECV_ERRORS: &str = "whelm_relay_recv_errors_total";
+    /// `{worker}` loop iterations (the heartbeat the watchdog checks).
+    pub const LOOPS: &str = "whelm_relay_worker_loops_total";
+    /// `{worker}` summary: `_sum` completions/datagrams, `_count` batches.
+    pub const BATCH_SIZE: &str = "whelm_relay_batch_size";
+    /// `{worker}` io_uring send slots in use (ring occupancy).
+    pub const SEND_SLOTS_IN_USE: &str = "whelm_relay_send_slots_in_use";
+    /// `{worker}` io_uring send slots in total.
+    pub const SEND_SLOTS: &str = "whelm_relay_send_slots";
+    /// Workers running.
+    pub const WORKERS: &str = "whelm_relay_workers";
+    /// `{worker, core, engine}` = 1.
+    pub const WORKER_INFO: &str = "whelm_relay_worker_info";
+    /// Calls installed.
+    pub const CALLS: &str = "whelm_relay_active_calls";
+    /// Users allowed (by control).
+    pub const USERS: &str = "whelm_relay_voice_users";
+    /// OVP stations in the registry.
+    pub const STATIONS: &str = "whelm_relay_active_stations";
+    /// Stations removed by the inactivity timeout.
+    pub const TIMED_OUT: &str = "whelm_relay_stations_timed_out_total";
+    /// `{direction}` bandwidth in use over the last second.
+    pub const BANDWIDTH: &str = "whelm_relay_bandwidth_bits_per_second";
+    /// The bandwidth limit each way (0 = none).
+    pub const BANDWIDTH_LIMIT: &str = "whelm_relay_bandwidth_limit_bits_per_second";
+    /// `{result="ok|error"}` configuration reloads.
+    pub const RELOADS: &str = "whelm_relay_config_reloads_total";
+}
+
+/// The Prometheus family of a per-worker metric and its extra label.
+pub fn prom_series(m: Metric) -> (&'static str, Option<(&'static str, &'static str)>) {
+    use prom::*;
+    match m {
+        Metric::RxPackets => (PACKETS, Some(("direction", "in"))),
+        Metric::TxPackets => (PACKETS, Some(("direction", "out"))),
+        Metric::RxBytes => (BYTES, Some(("direction", "in"))),
+        Metric::TxBytes => (BYTES, Some(("direction", "out"))),
+        Metric::OvpFrames => (OVP_FRAMES, None),
+        Metric::OvpForwarded => (FORWARDED, Some(("kind", "ovp"))),
+        Metric::VoiceForwarded => (FORWARDED, Some(("kind", "voice"))),
+        Metric::TxErrors => (SEND_ERRORS, None),
+        Metric::VoiceHellos => (VOICE_HELLOS, None),
+        Metric::RecvNoBufs => (RECV_ENOBUFS, None),
+        Metric::RecvRearms => (RECV_REARMS, None),
+        Metric::RecvErrors => (RECV_ERRORS, None),
+        Metric::Loops => (LOOPS, None),
+        Metric::Batches => ("whelm_relay_batch_size_count", None),
+        Metric::BatchItems => ("whelm_relay_batch_size_sum", None),
+        Metric::SendSlotsInUse => (SEND_SLOTS_IN_USE, None),
+        Metric::SendSlots => (SEND_SLOTS, None),
+        other => (DROPS, drop_key(other).map(|r| ("reason", r))),
+    }
+}
+
+/// Numbers only the coordinator knows, published for the endpoint. Written
+/// by the coordinator thread only; read by the metrics thread.
+#[derive(Debug, Default)]
+pub struct RelayGauges {
+    /// Calls installed.
+    pub calls: AtomicU64,
+    /// Users allowed.
+    pub users: AtomicU64,
+    /// OVP stations.
+    pub stations: AtomicU64,
+    /// Stations timed out since start.
+    pub timed_out: AtomicU64,
+    /// Bits per second in over the last second.
+    pub bps_in: AtomicU64,
+    /// Bits per second out over the last second.
+    pub bps_out: AtomicU64,
+    /// Bandwidth limit each way, bits per second (0 = none).
+    pub bps_limit: AtomicU64,
+    /// Configuration reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Configuration reloads refused.
+    pub reloads_failed: AtomicU64,
+    /// HELLOs refused, per worker that received them.
+    pub hello_denied: Vec<AtomicU64>,
+}
+
+impl RelayGauges {
+    /// Gauges for `workers` workers.
+    pub fn new(workers: usize) -> RelayGauges {
+        RelayGauges {
+            hello_denied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            ..RelayGauges::default()
+        }
+    }
+}
+
+/// One worker as the endpoint shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    /// CPU it is pinned to.
+    pub cpu: usize,
+    /// `uring` or `mmsg`.
+    pub engine: String,
+    /// Its published counters.
+    pub counters: Arc<WorkerCounters>,
+}
+
+fn help(family: &str) -> (&'static str, &'static str) {
+    use prom::*;
+    match family {
+        PACKETS => (
+            "counter",
+            "Datagrams received (in) and sent (out) per worker.",
+        ),
+        BYTES => (
+            "counter",
+            "Payload bytes received (in) and sent (out) per worker.",
+        ),
+        OVP_FRAMES => ("counter", "Valid OVP frames received."),
+        FORWARDED => (
+            "counter",
+            "Copies forwarded, OVP conference or Whelm voice.",
+        ),
+        SEND_ERRORS => ("counter", "Sends the kernel refused."),
+        DROPS => ("counter", "Datagrams dropped, by reason."),
+        VOICE_HELLOS => ("counter", "Well-formed voice HELLOs received."),
+        RECV_ENOBUFS => (
+            "counter",
+            "Receive completions that found the buffer ring empty.",
+        ),
+        RECV_REARMS => ("counter", "Multishot receives armed or re-armed."),
+        RECV_ERRORS => ("counter", "Other receive errors."),
+        LOOPS => ("counter", "Worker loop iterations, idle wake-ups included."),
+        BATCH_SIZE => (
+            "summary",
+            "Completions (io_uring) or datagrams (mmsg) per non-empty batch.",
+        ),
+        SEND_SLOTS_IN_USE => ("gauge", "io_uring send slots in use."),
+        SEND_SLOTS => ("gauge", "io_uring send slots in total (0 on mmsg)."),
+        _ => ("untyped", "Whelm relay metric."),
+    }
+}
+
+/// The Prometheus text exposition (version 0.0.4) of every metric.
+pub fn render(workers: &[WorkerView], g: &RelayGauges) -> String {
+    let snaps: Vec<[u64; Metric::COUNT]> = workers.iter().map(|w| w.counters.snapshot()).collect();
+    let mut o = String::with_capacity(16 * 1024);
+    let mut done: Vec<&str> = Vec::new();
+    for m in Metric::ALL {
+        let (name, _) = prom_series(m);
+        let family = name
+            .strip_suffix("_count")
+            .or_else(|| name.strip_suffix("_sum"))
+            .unwrap_or(name);
+        if done.contains(&family) {
+            continue;
+        }
+        done.push(family);
+        let (kind, text) = help(family);
+        let _ = writeln!(o, "# HELP {family} {text}\n# TYPE {family} {kind}");
+        for n in Metric::ALL {
+            let (nname, label) = prom_series(n);
+            let nfamily = nname
+                .strip_suffix("_count")
+                .or_else(|| nname.strip_suffix("_sum"))
+                .unwrap_or(nname);
+            if nfamily != family {
+                continue;
+            }
+            for (i, snap) in snaps.iter().enumerate() {
+                let extra = label
+                    .map(|(k, v)| format!(",{k}=\"{v}\""))
+                    .unwrap_or_default();
+                let _ = writeln!(o, "{nname}{{worker=\"{i}\"{extra}}} {}", snap[n as usize]);
+            }
+        }
+        if family == prom::DROPS {
+            for (i, d) in g.hello_denied.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "{family}{{worker=\"{i}\",reason=\"{}\"}} {}",
+                    stat::HELLO_DENIED,
+                    d.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let one = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    one(
+        &mut o,
+        prom::WORKERS,
+        "gauge",
+        "Worker threads (one per core).",
+        workers.len() as u64,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP {n} Worker core and engine.\n# TYPE {n} gauge",
+        n = prom::WORKER_INFO
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "{}{{worker=\"{i}\",core=\"{}\",engine=\"{}\"}} 1",
+            prom::WORKER_INFO,
+            w.cpu,
+            w.engine
+        );
+    }
+    one(
+        &mut o,
+        prom::CALLS,
+        "gauge",
+        "Calls installed.",
+        load(&g.calls),
+    );
+    one(
+        &mut o,
+        prom::USERS,
+        "gauge",
+        "Users allowed by control.",
+        load(&g.users),
+    );
+    one(
+        &mut o,
+        prom::STATIONS,
+        "gauge",
+        "OVP stations in the conference.",
+        load(&g.stations),
+    );
+    one(
+        &mut o,
+        prom::TIMED_OUT,
+        "counter",
+        "OVP stations removed by the inactivity timeout.",
+        load(&g.timed_out),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP {n} Bandwidth in use over the last second.\n# TYPE {n} gauge\n\
+         {n}{{direction=\"in\"}} {}\n{n}{{direction=\"out\"}} {}",
+        load(&g.bps_in),
+        load(&g.bps_out),
+        n = prom::BANDWIDTH
+    );
+    one(
+        &mut o,
+        prom::BANDWIDTH_LIMIT,
+        "gauge",
+        "Voice bandwidth limit each way (0 = none).",
+        load(&g.bps_limit),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP {n} Configuration reloads.\n# TYPE {n} counter\n\
+         {n}{{result=\"ok\"}} {}\n{n}{{result=\"error\"}} {}",
+        load(&g.reloads_ok),
+        load(&g.reloads_failed),
+        n = prom::RELOADS
+    );
+    o
 }
 
 /// Published counters of one worker. Written only by that worker.
@@ -237,6 +550,12 @@ impl LocalCounters {
         self.add(m, 1);
     }
 
+    /// Sets a gauge.
+    #[inline]
+    pub fn set(&mut self, m: Metric, v: u64) {
+        self.vals[m as usize] = v;
+    }
+
     /// Reads a counter.
     pub fn get(&self, m: Metric) -> u64 {
         self.vals[m as usize]
@@ -263,6 +582,43 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Metric::COUNT);
+    }
+
+    #[test]
+    fn render_is_comment_or_name_labels_value() {
+        let c = Arc::new(WorkerCounters::default());
+        let mut l = LocalCounters::default();
+        l.add(Metric::RxPackets, 3);
+        l.inc(Metric::DropBadToken);
+        l.publish(&c);
+        let w = WorkerView {
+            cpu: 1,
+            engine: "mmsg".into(),
+            counters: c,
+        };
+        let text = render(&[w.clone(), w], &RelayGauges::new(2));
+        let mut families = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let f = rest.split(' ').next().unwrap();
+                assert!(!families.contains(&f.to_owned()), "{f} twice");
+                families.push(f.to_owned());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, v) = line.rsplit_once(' ').unwrap();
+            assert!(series.starts_with("whelm_relay_"), "{line}");
+            v.parse::<u64>().unwrap();
+        }
+        assert!(text.contains("whelm_relay_packets_total{worker=\"1\",direction=\"in\"} 3"));
+        assert!(text.contains("whelm_relay_drops_total{worker=\"0\",reason=\"bad_token\"} 1"));
+        assert!(text.contains("whelm_relay_drops_total{worker=\"1\",reason=\"hello_denied\"} 0"));
+        assert!(text.contains("whelm_relay_batch_size_count{worker=\"0\"} 0"));
+        assert!(
+            text.contains("whelm_relay_worker_info{worker=\"0\",core=\"1\",engine=\"mmsg\"} 1")
+        );
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //! start the coordinator and the command socket's acceptor, hand the ready
 //! line to the caller, wait for SIGINT/SIGTERM, stop (removing the socket
 //! file).
+//!
+//! Operations (issue 7): the metrics endpoint is bound with the sockets
+//! (before any worker starts, so a bad address fails the start cleanly) and
+//! appended to the ready line as `metrics=ADDR:PORT`; `READY=1` goes to
+//! systemd right before the ready line, `STOPPING=1` when shutdown begins;
+//! a SIGHUP (the `reload` flag) becomes an [`Event::Reload`] for the
+//! coordinator.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,12 +23,14 @@ use socket2::Socket;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::cmdsock::{self, PeerPolicy};
-use crate::config::Config;
-use crate::coordinator::{Coordinator, LimitsState, WorkerInfo, WorkerLink};
+use crate::config::{Cli, Config};
+use crate::coordinator::{Coordinator, LimitsState, Ops, ReloadCtx, WorkerInfo, WorkerLink};
 use crate::core::{Core, CoreConfig};
 use crate::engine::{self, EngineKind, WorkerCtx};
-use crate::metrics::WorkerCounters;
+use crate::logging::LogHandle;
+use crate::metrics::{RelayGauges, WorkerCounters, WorkerView};
 use crate::net::{bind_udp, local_addr};
+use crate::observe::{MetricsServer, Notifier, Watchdog};
 use crate::update::{Event, Hello};
 
 /// HELLOs queued for the coordinator at most; a flood beyond is dropped and
@@ -46,21 +55,39 @@ pub struct Ready {
     pub voice: SocketAddr,
     /// Engine of each worker, with its core.
     pub engines: Vec<(usize, EngineKind)>,
+    /// The metrics endpoint, when enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Ready {
-    /// The one line printed to stdout.
+    /// The one line printed to stdout. Fields are only ever appended.
     pub fn line(&self) -> String {
         let mut kinds: Vec<String> = self.engines.iter().map(|(_, e)| e.to_string()).collect();
         kinds.dedup();
-        format!(
+        let mut l = format!(
             "whelm-relay ready: ovp={} voice={} engine={} workers={}",
             self.ovp,
             self.voice,
             kinds.join(","),
             self.engines.len()
-        )
+        );
+        if let Some(m) = self.metrics {
+            l.push_str(&format!(" metrics={m}"));
+        }
+        l
     }
+}
+
+/// What main hands to [`run`] besides the configuration.
+#[derive(Default)]
+pub struct Options {
+    /// The start-up command line: a reload re-reads the file with these
+    /// flags on top. None: reloads are refused.
+    pub cli: Option<Cli>,
+    /// The log filter's handle, for reloads of `log`.
+    pub log: Option<LogHandle>,
+    /// Set by the SIGHUP handler; the main loop turns it into a reload.
+    pub reload: Arc<AtomicBool>,
 }
 
 /// Binds `n` SO_REUSEPORT sockets on one address; port 0 resolves on the
@@ -80,6 +107,7 @@ fn bind_group(addr: SocketAddr, n: usize) -> anyhow::Result<(Vec<Socket>, Socket
 pub fn run(
     cfg: &Config,
     stop: Arc<AtomicBool>,
+    opts: Options,
     on_ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     let n = cfg.cores.len();
@@ -102,6 +130,28 @@ pub fn run(
     let _socket_file = listener
         .as_ref()
         .map(|_| SocketFile(cfg.control_socket.clone()));
+    let gauges = Arc::new(RelayGauges::new(n));
+    let views: Arc<OnceLock<Vec<WorkerView>>> = Arc::default();
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let (g, v) = (gauges.clone(), views.clone());
+            let render = move || crate::metrics::render(v.get().map_or(&[], Vec::as_slice), &g);
+            match MetricsServer::start(addr, render) {
+                Ok(m) => Some(m),
+                // As with the command socket: the built-in default address
+                // is shared by every relay on the host (tests, benches), so
+                // only a configured address is required.
+                Err(e) if !cfg.metrics_explicit() => {
+                    tracing::warn!(
+                        "metrics endpoint disabled: {e:#} (set metrics_listen to require one)"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        None => None,
+    };
     let core_cfg = CoreConfig {
         reply_to: cfg.reply_to,
         ovp_port: ovp.port(),
@@ -171,6 +221,17 @@ pub fn run(
         }
         bail!(msg);
     }
+    let _ = views.set(
+        engines
+            .iter()
+            .zip(&counters)
+            .map(|(&(cpu, engine), c)| WorkerView {
+                cpu,
+                engine: engine.to_string(),
+                counters: c.clone(),
+            })
+            .collect(),
+    );
     let info = engines
         .iter()
         .zip(&counters)
@@ -185,6 +246,25 @@ pub fn run(
         station_rate: cfg.station_rate,
         station_burst: cfg.station_burst,
     };
+    let ready_flag = Arc::new(AtomicBool::new(false));
+    let watchdog = Watchdog::from_env(n);
+    if let Some(w) = &watchdog {
+        tracing::info!(
+            period_ms = w.period().as_millis() as u64,
+            "systemd watchdog: fed while every worker loop moves"
+        );
+    }
+    let ops = Ops {
+        gauges,
+        watchdog,
+        notifier: Notifier::new(),
+        reload: opts.cli.map(|cli| ReloadCtx {
+            cli,
+            current: cfg.clone(),
+            log: opts.log,
+        }),
+        ready: ready_flag.clone(),
+    };
     let coord = Coordinator::new(
         cfg.timeout,
         cfg.stats_interval,
@@ -195,6 +275,7 @@ pub fn run(
         limits,
         v6,
     )
+    .with_ops(ops)
     .spawn()
     .context("spawning the coordinator")?;
     let acceptor = match listener {
@@ -217,8 +298,12 @@ pub fn run(
         ovp,
         voice,
         engines,
+        metrics: metrics.as_ref().map(|m| m.addr),
     };
     tracing::info!("{}", ready.line());
+    let mut notifier = Notifier::new();
+    notifier.ready(&ready.line());
+    ready_flag.store(true, Ordering::Relaxed);
     on_ready(&ready);
 
     let mut result = Ok(());
@@ -227,8 +312,12 @@ pub fn run(
             result = Err(anyhow::anyhow!("a worker stopped unexpectedly"));
             break;
         }
+        if opts.reload.swap(false, Ordering::Relaxed) {
+            let _ = ev_tx.send(Event::Reload);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    notifier.stopping();
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
     for w in &wakes {
@@ -252,6 +341,9 @@ pub fn run(
     let _ = coord.join();
     if let Some(a) = acceptor {
         let _ = a.join();
+    }
+    if let Some(m) = metrics {
+        m.stop();
     }
     result
 }

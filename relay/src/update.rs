@@ -10,6 +10,7 @@
 //! - [`Hello`]: worker -> coordinator on their own bounded channel (a HELLO
 //!   flood is dropped and counted at the worker, never blocks it).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +68,14 @@ pub enum Update {
         rate: u32,
         /// Burst in frames.
         burst: u32,
+    },
+    /// Replace the OVP allow list (None: no allow list) and deny list
+    /// (a configuration reload).
+    Lists {
+        /// Only these callsigns are forwarded, when set.
+        allow: Option<Arc<HashSet<StationId>>>,
+        /// These callsigns are never forwarded.
+        deny: Arc<HashSet<StationId>>,
     },
     /// Several updates applied together, then acknowledged with
     /// [`Event::Applied`] carrying `generation`.
@@ -142,6 +151,8 @@ pub enum Event {
     },
     /// Command channel traffic (from the socket threads).
     Conn(ConnEvent),
+    /// SIGHUP: re-read the configuration file (sent by main).
+    Reload,
     /// Print final statistics and exit (sent by main after the workers
     /// stopped).
     Shutdown,

@@ -122,6 +122,8 @@ impl MmsgEngine {
                     for _ in 0..16 {
                         let got = self.recv_batch(ctx, fds[i], PORTS[i]);
                         if got > 0 {
+                            ctx.local.inc(Metric::Batches);
+                            ctx.local.add(Metric::BatchItems, got as u64);
                             self.process_batch(ctx, fds[i], PORTS[i]);
                         }
                         if got < self.batch {

@@ -186,6 +186,8 @@ impl WorkerCtx {
             }
             self.core.purge_limiter(now);
         }
+        // The heartbeat the watchdog checks: every iteration, idle ones too.
+        self.local.inc(Metric::Loops);
         self.local.publish(&self.counters);
     }
 }

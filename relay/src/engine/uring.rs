@@ -189,6 +189,7 @@ impl UringEngine {
             .nsec(WORKER_TICK.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&tick);
         let cq_cap = self.cqes.capacity();
+        ctx.local.set(Metric::SendSlots, self.slots.len() as u64);
         while !ctx.stopping() {
             ctx.apply_updates();
             let now = Instant::now();
@@ -260,7 +261,7 @@ impl UringEngine {
                             libc::ECANCELED => {}
                             e => {
                                 ctx.local.inc(Metric::RecvErrors);
-                                tracing::debug!(worker = ctx.index, "recv error {e}");
+                                tracing::trace!(worker = ctx.index, "recv error {e}");
                             }
                         }
                         continue;
@@ -330,6 +331,12 @@ impl UringEngine {
                     }
                 }
                 ctx.local.add(Metric::DropSendSlotsFull, slot_drops);
+                if !cqes.is_empty() {
+                    ctx.local.inc(Metric::Batches);
+                    ctx.local.add(Metric::BatchItems, cqes.len() as u64);
+                }
+                ctx.local
+                    .set(Metric::SendSlotsInUse, (slots.len() - free.len()) as u64);
                 for (i, a) in armed.iter_mut().enumerate() {
                     if *a {
                         continue;
