@@ -219,6 +219,8 @@ fn accept_loop(
 ) {
     let next_id = AtomicU64::new(1);
     let active = Arc::new(AtomicUsize::new(0));
+    // Repeated errors (EMFILE, a peer flood) are logged once a minute.
+    let mut errors = crate::logging::RateLimited::new(Duration::from_secs(60));
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(200u16)) {
@@ -228,7 +230,12 @@ fn accept_loop(
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!("command socket accept: {e}");
+                if let Some(held) = errors.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        similar_errors_not_logged = held,
+                        "command socket accept: {e}"
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -255,7 +262,12 @@ fn accept_loop(
             continue;
         }
         if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            tracing::warn!("command socket: refused pid={pid}: {MAX_CONNECTIONS} connections open");
+            if let Some(held) = errors.allow(std::time::Instant::now()) {
+                tracing::warn!(
+                    similar_errors_not_logged = held,
+                    "command socket: refused pid={pid}: {MAX_CONNECTIONS} connections open"
+                );
+            }
             refuse(stream, "too many connections");
             continue;
         }
