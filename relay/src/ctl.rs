@@ -81,10 +81,19 @@ pub fn run(cli: &CtlCli) -> anyhow::Result<String> {
     };
     let mut req = encode(&hello);
     req.extend(encode(&ClientMsg::Request { id: 1, command }));
-    stream
-        .write_all(&req)
-        .with_context(|| format!("writing to {}", path.display()))?;
+    // A refused peer may find the connection closed before it wrote: the
+    // relay's `refused` line is then still there to read, and says why.
+    let write_err = stream.write_all(&req).err();
     let mut reader = BufReader::new(stream);
+    if let Some(e) = write_err {
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_ok()
+            && let Ok(RelayMsg::Refused { reason }) = decode::<RelayMsg>(line.as_bytes())
+        {
+            bail!("the relay refused the connection: {reason}");
+        }
+        return Err(e).with_context(|| format!("writing to {}", path.display()));
+    }
     let mut line = String::new();
     // Welcome (or Refused), then the reply; bounded.
     for _ in 0..1000 {
