@@ -485,7 +485,9 @@ mod tests {
             },
         };
         let line = encode(&rep);
-        assert!(line.starts_with(b"{\"type\":\"reply\",\"id\":4,\"outcome\":{\"result\":\"reloaded\""));
+        assert!(
+            line.starts_with(b"{\"type\":\"reply\",\"id\":4,\"outcome\":{\"result\":\"reloaded\"")
+        );
         assert_eq!(decode::<RelayMsg>(&line).unwrap(), rep);
     }
 
