@@ -48,7 +48,11 @@ fn model(data: &[u8], limit: usize) -> Vec<Result<Vec<u8>, ()>> {
     let mut parts: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
     let tail = parts.pop().unwrap_or_default();
     for p in parts {
-        out.push(if p.len() > limit { Err(()) } else { Ok(p.to_vec()) });
+        out.push(if p.len() > limit {
+            Err(())
+        } else {
+            Ok(p.to_vec())
+        });
     }
     if tail.len() > limit {
         out.push(Err(()));

@@ -134,10 +134,7 @@ fn relay(text: &str) {
         assert_eq!(Ok(c.bind), b.parse());
     }
     if let Some(list) = t.get("cores").and_then(Value::as_str) {
-        assert_eq!(
-            c.cores,
-            rcfg::parse_cores(list).expect("cores parsed once")
-        );
+        assert_eq!(c.cores, rcfg::parse_cores(list).expect("cores parsed once"));
     }
     for (key, set) in [("allow", c.allow.clone()), ("deny", Some(c.deny.clone()))] {
         if let Some(list) = calls(&t, key) {
@@ -195,7 +192,10 @@ pub fn print_relay(c: &rcfg::Config) -> String {
     let cores: Vec<String> = c.cores.iter().map(usize::to_string).collect();
     t.insert("cores".into(), Value::String(cores.join(",")));
     if c.control_socket_explicit {
-        let p = c.control_socket.to_str().expect("UTF-8 path from UTF-8 input");
+        let p = c
+            .control_socket
+            .to_str()
+            .expect("UTF-8 path from UTF-8 input");
         t.insert("control_socket".into(), Value::String(p.into()));
     }
     if let Some(g) = c.control_socket_group {
@@ -235,7 +235,12 @@ fn same_relay(a: &rcfg::Config, b: &rcfg::Config, printed: &str) {
     assert_eq!(a.engine, b.engine, "{}", ctx());
     assert_eq!(a.cores, b.cores, "{}", ctx());
     assert_eq!(a.control_socket, b.control_socket, "{}", ctx());
-    assert_eq!(a.control_socket_explicit, b.control_socket_explicit, "{}", ctx());
+    assert_eq!(
+        a.control_socket_explicit,
+        b.control_socket_explicit,
+        "{}",
+        ctx()
+    );
     assert_eq!(a.control_socket_group, b.control_socket_group, "{}", ctx());
     assert_eq!(a.control_uids, b.control_uids, "{}", ctx());
     assert_eq!(a.control_gids, b.control_gids, "{}", ctx());
@@ -293,21 +298,49 @@ fn control(text: &str) {
     let Ok(c) = load_control(text) else { return };
     let d = whelm_control::machine::MachineConfig::default();
     let m = &c.machine;
-    let durations = [m.heartbeat_timeout, m.heartbeat_check, m.ring_timeout, m.auth_timeout];
+    let durations = [
+        m.heartbeat_timeout,
+        m.heartbeat_check,
+        m.ring_timeout,
+        m.auth_timeout,
+    ];
     if durations.contains(&Duration::ZERO) && known::skip(Bug::SubNanosecond) {
         return;
     }
     for (name, got, file_v, def) in [
-        ("heartbeat_timeout", m.heartbeat_timeout, file.heartbeat_timeout, d.heartbeat_timeout),
-        ("heartbeat_check", m.heartbeat_check, file.heartbeat_check, d.heartbeat_check),
-        ("ring_timeout", m.ring_timeout, file.ring_timeout, d.ring_timeout),
-        ("auth_timeout", m.auth_timeout, file.auth_timeout, d.auth_timeout),
+        (
+            "heartbeat_timeout",
+            m.heartbeat_timeout,
+            file.heartbeat_timeout,
+            d.heartbeat_timeout,
+        ),
+        (
+            "heartbeat_check",
+            m.heartbeat_check,
+            file.heartbeat_check,
+            d.heartbeat_check,
+        ),
+        (
+            "ring_timeout",
+            m.ring_timeout,
+            file.ring_timeout,
+            d.ring_timeout,
+        ),
+        (
+            "auth_timeout",
+            m.auth_timeout,
+            file.auth_timeout,
+            d.auth_timeout,
+        ),
     ] {
         assert!(got > Duration::ZERO, "{name} is zero");
         match file_v {
             Some(v) => {
                 assert!(v.is_finite() && v > 0.0, "{name} = {v} accepted");
-                assert!(close(got, Duration::from_secs_f64(v)), "{name}: {got:?} vs {v}");
+                assert!(
+                    close(got, Duration::from_secs_f64(v)),
+                    "{name}: {got:?} vs {v}"
+                );
             }
             None => assert_eq!(got, def, "{name} default"),
         }
@@ -317,7 +350,10 @@ fn control(text: &str) {
     assert!(c.batch_max >= 1);
     assert_eq!(c.batch_max, file.batch_max.unwrap_or(512).max(1));
     assert_eq!(m.max_calls, file.max_calls.unwrap_or(d.max_calls));
-    assert_eq!(c.net.max_connections, file.max_connections.unwrap_or(20_000));
+    assert_eq!(
+        c.net.max_connections,
+        file.max_connections.unwrap_or(20_000)
+    );
     assert_eq!(c.net.max_per_ip, file.max_conns_per_ip.unwrap_or(256));
     assert_eq!(c.net.max_outbuf, file.max_outbuf.unwrap_or(1 << 20));
     let want_listen: SocketAddr = file
@@ -345,7 +381,11 @@ fn control(text: &str) {
     assert!(close(a.ring_timeout, b.ring_timeout), "{printed}");
     assert!(close(a.auth_timeout, b.auth_timeout), "{printed}");
     assert_eq!(a.max_calls, b.max_calls);
-    assert_eq!(a.rate_per_sec.to_bits(), b.rate_per_sec.to_bits(), "{printed}");
+    assert_eq!(
+        a.rate_per_sec.to_bits(),
+        b.rate_per_sec.to_bits(),
+        "{printed}"
+    );
     assert_eq!(a.rate_burst.to_bits(), b.rate_burst.to_bits(), "{printed}");
     assert_eq!(c.listen, again.listen);
     assert_eq!(c.db, again.db);

@@ -18,8 +18,10 @@ pub enum Bug {
     /// `AUTH x\r\r\n`) parses to token `x\r`, whose `to_line` `AUTH x\r`
     /// parses to token `x`: the parsed value does not round trip. The same
     /// for MSG content, OK AUTH / INCOMING / START_CALL usernames and the
-    /// word of `ERROR Unknown command: <word>`.
-    /// Artifacts: artifacts/line_parser/auth-cr-cr, msg-cr-cr.
+    /// word of `ERROR Unknown command: <word>` (`FOO\r BAR` gives the word
+    /// `FOO\r`, the client reads back `FOO`).
+    /// Artifacts: artifacts/line_parser/auth-cr-cr, msg-cr-cr, okauth-cr-cr,
+    /// unknown-word-lf (found by the fuzzer).
     TrailingCr,
     /// control/src/config.rs: `secs` accepts any finite `v > 0.0`, but
     /// `Duration::from_secs_f64` turns values below 1 ns (`1e-10`) into

@@ -42,7 +42,11 @@ pub fn run(data: &[u8]) {
         "result depends on bytes after the header"
     );
     let want = model(data);
-    assert_eq!(got.map(|h| h.station().raw()), want, "disagrees with the model");
+    assert_eq!(
+        got.map(|h| h.station().raw()),
+        want,
+        "disagrees with the model"
+    );
     let Ok(h) = got else { return };
     let id = h.station();
     assert_eq!(h.as_bytes()[..], data[..HEADER_LEN]);

@@ -15,8 +15,7 @@
 
 use whelm_shared::ovp::{self, HEADER_LEN, StationId};
 use whelm_shared::station::{
-    self, CONTROL_PORT, Message, Outgoing, Packet, PacketError, Reassembler, TEXT_PORT,
-    VOICE_PORT,
+    self, CONTROL_PORT, Message, Outgoing, Packet, PacketError, Reassembler, TEXT_PORT, VOICE_PORT,
 };
 
 use crate::known::{self, Bug};
@@ -46,7 +45,10 @@ fn push_all(rx: &mut Reassembler, payloads: &[&[u8]]) -> Vec<Result<Packet, Pack
 }
 
 /// Frames -> payloads -> one fresh reassembler.
-pub fn reassemble_frames(station: StationId, frames: &[[u8; ovp::FRAME_LEN]]) -> Vec<Result<Packet, PacketError>> {
+pub fn reassemble_frames(
+    station: StationId,
+    frames: &[[u8; ovp::FRAME_LEN]],
+) -> Vec<Result<Packet, PacketError>> {
     let mut rx = Reassembler::new();
     let mut out = Vec::new();
     for f in frames {
@@ -55,7 +57,10 @@ pub fn reassemble_frames(station: StationId, frames: &[[u8; ovp::FRAME_LEN]]) ->
         assert_eq!(h.reserved(), [0; 3]);
         out.extend(rx.push(&f[HEADER_LEN..]));
     }
-    assert!(!rx.has_pending(), "a complete message leaves nothing pending");
+    assert!(
+        !rx.has_pending(),
+        "a complete message leaves nothing pending"
+    );
     out
 }
 
@@ -94,9 +99,8 @@ fn send(data: &[u8]) {
     } else {
         body.to_vec()
     };
-    let id = StationId::from_raw(1 + u64::from(fnv(&body) as u32)).unwrap_or_else(|_| {
-        StationId::encode("K0K").expect("valid")
-    });
+    let id = StationId::from_raw(1 + u64::from(fnv(&body) as u32))
+        .unwrap_or_else(|_| StationId::encode("K0K").expect("valid"));
     let mut out = Outgoing::new(id, u32::from(flags));
     // Largest data an IPv4/UDP packet carries.
     let fits = body.len() <= 65_535 - 28;
@@ -111,10 +115,18 @@ fn send(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(&body) {
         let frames = out.text(text);
         if !fits {
-            assert!(frames.is_empty(), "text over the IPv4 limit yields no frames");
+            assert!(
+                frames.is_empty(),
+                "text over the IPv4 limit yields no frames"
+            );
         } else {
             let got = reassemble_frames(id, &frames);
-            assert_eq!(got.len(), 1, "one message: {:?}", got.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>());
+            assert_eq!(
+                got.len(),
+                1,
+                "one message: {:?}",
+                got.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+            );
             let p = got[0].as_ref().expect("our own text reassembles");
             assert_eq!(p.addressing.dst_port, TEXT_PORT);
             assert_eq!(p.message, Message::Text(text.to_owned()));

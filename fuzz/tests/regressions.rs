@@ -16,7 +16,10 @@ fn text_up_to_the_ipv4_limit_reassembles() {
         let frames = Outgoing::new(id, 1).text(&text);
         assert!(!frames.is_empty(), "{n} bytes fit an IPv4 packet");
         let mut rx = Reassembler::new();
-        let got: Vec<_> = frames.iter().flat_map(|f| rx.push(&f[HEADER_LEN..])).collect();
+        let got: Vec<_> = frames
+            .iter()
+            .flat_map(|f| rx.push(&f[HEADER_LEN..]))
+            .collect();
         assert_eq!(got.len(), 1, "{n}");
         let p = got[0].as_ref().unwrap_or_else(|e| panic!("{n} bytes: {e}"));
         assert_eq!(p.message, Message::Text(text));
@@ -45,7 +48,12 @@ fn artifact_text_65400_strict() {
 #[ignore = "open: shared/src/line.rs strips one \\r only, a second one stays in the argument"]
 fn trailing_cr_round_trips() {
     use whelm_shared::line::{Command, Reply};
-    for line in [&b"AUTH x\r\r"[..], b"MSG 2 hi\r\r\n", b"X\r\r"] {
+    for line in [
+        &b"AUTH x\r\r"[..],
+        b"MSG 2 hi\r\r\n",
+        b"X\r\r",
+        b"FOO\r BAR",
+    ] {
         let cmd = Command::parse(line);
         let show = String::from_utf8_lossy(line);
         match &cmd {
