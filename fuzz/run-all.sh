@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The issue-8 campaign: each target for SECS seconds (default 600), one at a
-# time, one job, niced; logs in fuzz/logs/<target>.txt. Needs nightly and
+# time, one plain process (with -jobs=N libFuzzer logs to fuzz-N.log
+# instead), niced; logs in fuzz/logs/<target>.txt. Needs nightly and
 # cargo-fuzz (`cargo install cargo-fuzz --locked`).
 #   fuzz/run-all.sh [SECS] [target...]
 set -euo pipefail
@@ -12,7 +13,7 @@ mkdir -p logs
 cargo +nightly fuzz build
 for t in "${targets[@]}"; do
   echo "== $t $(date -u +%FT%TZ)" >&2
-  nice -n 10 cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -jobs=1 -workers=1 \
+  nice -n 10 cargo +nightly fuzz run "$t" -- -max_total_time="$secs" \
     -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     > "logs/$t.txt" 2>&1 || echo "$t: exit $? (see logs/$t.txt)" >&2
 done

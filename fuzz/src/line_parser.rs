@@ -1,17 +1,24 @@
 //! Target `line_parser`: the control line protocol (`whelm_shared::line`).
 
-use whelm_shared::line::{Command, Reply};
+use whelm_shared::line::{Command, LineError, Reply};
 
 use crate::known::{self, Bug};
 
-/// Bug::TrailingCr: a value whose line ends in `\r` or `\n` (an argument
-/// or unknown word that kept a line ending) loses it when parsed again.
-fn known_trailing_eol(line: &str) -> bool {
-    line.ends_with(['\r', '\n']) && known::skip(Bug::TrailingCr)
+/// A line as the connection layer delivers it: no `\n` but a final one.
+fn is_line(data: &[u8]) -> bool {
+    !data[..data.len().saturating_sub(1)].contains(&b'\n')
 }
 
 /// The target body.
 pub fn run(data: &[u8]) {
+    // Bytes with a `\n` inside are not a line (framing splits on `\n`):
+    // parsed for panics only, since an argument ending in `\n` cannot
+    // round trip through a line.
+    if !is_line(data) {
+        let _ = Command::parse(data);
+        let _ = Reply::parse(&String::from_utf8_lossy(data));
+        return;
+    }
     command(data);
     reply(&String::from_utf8_lossy(data));
 }
@@ -29,9 +36,7 @@ fn command(data: &[u8]) {
                 _ => {}
             }
             let line = cmd.to_line();
-            if known_trailing_eol(&line) {
-                return;
-            }
+            assert!(!line.ends_with('\r'), "{line:?}");
             assert_eq!(
                 Command::parse(line.as_bytes()),
                 Ok(cmd.clone()),
@@ -45,13 +50,16 @@ fn command(data: &[u8]) {
             assert_eq!(Command::parse(format!("{line}\r\n").as_bytes()), Ok(cmd));
         }
         Err(e) => {
+            // Bug::TrailingCr: the unknown word `FOO\r` of `FOO\r BAR`.
+            if matches!(&e, LineError::Unknown(w) if w.ends_with('\r'))
+                && known::skip(Bug::TrailingCr)
+            {
+                return;
+            }
             // Every error has a reply line that a client parses back.
             let r = Reply::Error(e.reply());
             let line = r.to_line();
             assert!(line.starts_with("ERROR "), "{line:?}");
-            if known_trailing_eol(&line) {
-                return;
-            }
             assert_eq!(Reply::parse(&line), Ok(r), "error reply {line:?}");
         }
     }
@@ -60,9 +68,6 @@ fn command(data: &[u8]) {
 fn reply(text: &str) {
     let Ok(r) = Reply::parse(text) else { return };
     let line = r.to_line();
-    if known_trailing_eol(&line) {
-        return;
-    }
     assert_eq!(Reply::parse(&line), Ok(r.clone()), "to_line {line:?}");
     let wire = r.to_wire();
     assert_eq!(wire.last(), Some(&b'\n'));

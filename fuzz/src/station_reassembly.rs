@@ -18,14 +18,7 @@ use whelm_shared::station::{
     self, CONTROL_PORT, Message, Outgoing, Packet, PacketError, Reassembler, TEXT_PORT, VOICE_PORT,
 };
 
-use crate::known::{self, Bug};
 use crate::util::{Rng, chunks, fnv};
-
-/// Largest packet whose COBS encoding `Reassembler` accepts: the encoding
-/// of `n` bytes is at most `n + n / 254 + 1`.
-fn within_reassembly_limit(packet_len: usize) -> bool {
-    packet_len + packet_len / 254 + 1 <= station::MAX_MESSAGE_LEN
-}
 
 /// The UDP data a message was built from.
 pub fn message_data(m: &Message) -> Vec<u8> {
@@ -104,13 +97,6 @@ fn send(data: &[u8]) {
     let mut out = Outgoing::new(id, u32::from(flags));
     // Largest data an IPv4/UDP packet carries.
     let fits = body.len() <= 65_535 - 28;
-    // Bug::CobsLimit: until fixed, sizes between the two limits are skipped.
-    if !within_reassembly_limit(body.len() + station::RTP_LEN + 28)
-        && fits
-        && known::skip(Bug::CobsLimit)
-    {
-        return;
-    }
 
     if let Ok(text) = std::str::from_utf8(&body) {
         let frames = out.text(text);

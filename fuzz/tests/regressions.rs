@@ -1,14 +1,16 @@
-//! One test per bug the targets found. Open bugs (see `src/known.rs`) are
-//! `#[ignore]`d until the fix lands in the crate that owns the code; run
-//! them with `cargo test --manifest-path fuzz/Cargo.toml -- --ignored`.
+//! One test per bug the targets found (details in the commit messages and
+//! RUNS.md). Open bugs (see `src/known.rs`) are `#[ignore]`d until the fix
+//! lands in the crate that owns the code; run them with
+//! `cargo test --manifest-path fuzz/Cargo.toml -- --ignored`.
 
+use whelm_shared::line::{Command, Reply};
 use whelm_shared::ovp::{HEADER_LEN, StationId};
 use whelm_shared::station::{Message, Outgoing, Reassembler};
 
-/// Bug::CobsLimit (shared/src/station.rs, `Reassembler::push`): the
-/// largest text `Outgoing::text` frames must reassemble.
+/// shared/src/station.rs `Reassembler::push` (fixed): the largest text
+/// `Outgoing::text` frames reassembles; it used to give `Err(TooLong)` for
+/// 65,251..=65,507 bytes (artifacts/station_reassembly/text-65400).
 #[test]
-#[ignore = "open: shared/src/station.rs Reassembler::push limits the COBS-encoded length to MAX_MESSAGE_LEN"]
 fn text_up_to_the_ipv4_limit_reassembles() {
     let id = StationId::encode("W1AW").expect("valid");
     for n in [65_250usize, 65_251, 65_400, 65_507] {
@@ -26,34 +28,13 @@ fn text_up_to_the_ipv4_limit_reassembles() {
     }
 }
 
-/// The artifact through the target body with the open-bug checks on.
+/// shared/src/line.rs `Command::parse`, `Reply::parse` (fixed): a second
+/// trailing `\r` stayed in the last argument, so `to_line` did not parse
+/// back to the same value (artifacts/line_parser/auth-cr-cr, msg-cr-cr,
+/// okauth-cr-cr).
 #[test]
-#[ignore = "open: see text_up_to_the_ipv4_limit_reassembles"]
-fn artifact_text_65400_strict() {
-    let data = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/artifacts/station_reassembly/text-65400"
-    ))
-    .expect("artifact");
-    // SAFETY: set_var is unsafe because another thread may read the
-    // environment at the same time; the other test of this binary does not
-    // read it, and the value is the same whoever reads it.
-    unsafe { std::env::set_var("WHELM_FUZZ_STRICT", "1") };
-    whelm_fuzz::station_reassembly::run(&data);
-}
-
-/// Bug::TrailingCr (shared/src/line.rs, `Command::parse`, `Reply::parse`):
-/// a parsed command or reply re-parses from its `to_line` unchanged.
-#[test]
-#[ignore = "open: shared/src/line.rs strips one \\r only, a second one stays in the argument"]
 fn trailing_cr_round_trips() {
-    use whelm_shared::line::{Command, Reply};
-    for line in [
-        &b"AUTH x\r\r"[..],
-        b"MSG 2 hi\r\r\n",
-        b"X\r\r",
-        b"FOO\r BAR",
-    ] {
+    for line in [&b"AUTH x\r\r"[..], b"MSG 2 hi\r\r\n", b"X\r\r"] {
         let cmd = Command::parse(line);
         let show = String::from_utf8_lossy(line);
         match &cmd {
@@ -68,10 +49,20 @@ fn trailing_cr_round_trips() {
     assert_eq!(Reply::parse(&r.to_line()), Ok(r));
 }
 
-/// Bug::SubNanosecond (control/src/config.rs, `secs`): a duration below
-/// one nanosecond must be refused, not loaded as zero.
+/// shared/src/line.rs (open, Bug::TrailingCr): the unknown word of
+/// `FOO\r BAR` is `FOO\r`, and the error reply line reads back as `FOO`
+/// (artifacts/line_parser/unknown-word-cr).
 #[test]
-#[ignore = "open: control/src/config.rs secs() checks the f64, not the Duration it becomes"]
+#[ignore = "open: shared/src/line.rs keeps a \\r at the end of an unknown command word"]
+fn unknown_word_with_cr_round_trips() {
+    let e = Command::parse(b"FOO\r BAR").expect_err("unknown");
+    let r = Reply::Error(e.reply());
+    assert_eq!(Reply::parse(&r.to_line()), Ok(r));
+}
+
+/// control/src/config.rs `secs` (fixed): `heartbeat_timeout = 1e-10` was
+/// accepted and became a zero Duration (artifacts/config_parser/heartbeat-1e-10).
+#[test]
 fn sub_nanosecond_timeout_is_refused() {
     use clap::Parser;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -83,8 +74,7 @@ fn sub_nanosecond_timeout_is_refused() {
         p.as_os_str(),
     ])
     .expect("cli");
-    match whelm_control::config::Config::from_cli(&cli) {
-        Err(_) => {}
-        Ok(c) => panic!("loaded heartbeat_timeout {:?}", c.machine.heartbeat_timeout),
+    if let Ok(c) = whelm_control::config::Config::from_cli(&cli) {
+        panic!("loaded heartbeat_timeout {:?}", c.machine.heartbeat_timeout);
     }
 }
