@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::Context;
+use nix::sys::socket::SockaddrStorage;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Socket buffer size we ask for (the kernel caps it at rmem_max/wmem_max).
@@ -62,6 +63,24 @@ pub fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// The IP socket address in a nix `SockaddrStorage` (as the kernel wrote it
+/// for `recvmmsg`), with the same reading as [`parse_sockaddr`]: the flow
+/// label in network order, the scope id native. `None` for other families.
+pub fn from_sockaddr_storage(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        Some(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())))
+    } else {
+        a.as_sockaddr_in6().map(|v6| {
+            SocketAddr::V6(SocketAddrV6::new(
+                v6.ip(),
+                v6.port(),
+                u32::from_be(v6.flowinfo()),
+                v6.scope_id(),
+            ))
+        })
+    }
+}
+
 /// An address in the family of a socket: IPv4 destinations become
 /// v4-mapped when the socket is IPv6 (dual-stack).
 pub fn for_socket(addr: SocketAddr, socket_is_v6: bool) -> SocketAddr {
@@ -93,15 +112,46 @@ mod tests {
 
     #[test]
     fn sockaddr_roundtrip() {
-        for s in ["127.0.0.1:57372", "[::1]:5001", "[::ffff:127.0.0.2]:1"] {
+        for s in [
+            "127.0.0.1:57372",
+            "[::1]:5001",
+            "[::ffff:127.0.0.2]:1",
+            "[fe80::1%3]:9",
+        ] {
             let a: SocketAddr = s.parse().unwrap();
+            // The engines' two paths from kernel sockaddr bytes: socket2's
+            // storage (what the io_uring engine's parse sees) and nix's.
             let sa = socket2::SockAddr::from(a);
-            // SAFETY (test): SockAddr's storage is valid for len() bytes.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(sa.as_ptr().cast::<u8>(), sa.len() as usize) };
-            assert_eq!(parse_sockaddr(bytes), Some(a));
+            assert_eq!(sa.as_socket(), Some(a));
+            assert_eq!(from_sockaddr_storage(&SockaddrStorage::from(a)), Some(a));
         }
         assert_eq!(parse_sockaddr(&[1, 2]), None);
+    }
+
+    #[test]
+    fn parse_sockaddr_layouts() {
+        // sockaddr_in: family (native), port (network), address.
+        let mut v4 = Vec::new();
+        v4.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4.extend_from_slice(&57372u16.to_be_bytes());
+        v4.extend_from_slice(&[127, 0, 0, 1]);
+        v4.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse_sockaddr(&v4),
+            Some("127.0.0.1:57372".parse().unwrap())
+        );
+        // sockaddr_in6: family, port, flow (network), address, scope (native).
+        let ip: Ipv6Addr = "fe80::1".parse().unwrap();
+        let mut v6 = Vec::new();
+        v6.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6.extend_from_slice(&5001u16.to_be_bytes());
+        v6.extend_from_slice(&0u32.to_be_bytes());
+        v6.extend_from_slice(&ip.octets());
+        v6.extend_from_slice(&3u32.to_ne_bytes());
+        let a: SocketAddr = "[fe80::1%3]:5001".parse().unwrap();
+        assert_eq!(parse_sockaddr(&v6), Some(a));
+        assert_eq!(parse_sockaddr(&v6[..20]), None);
+        assert_eq!(from_sockaddr_storage(&SockaddrStorage::from(a)), Some(a));
     }
 
     #[test]
