@@ -7,26 +7,30 @@
 //! pressure rather than dropping); receives use `MSG_DONTWAIT` after `poll`
 //! says a socket is readable, with [`WORKER_TICK`] as the poll timeout. The
 //! worker's eventfd is polled too, so queued table updates wake it at once.
+//!
+//! Why raw `libc` and `unsafe` here, outside the io_uring engine: nix 0.31's
+//! safe `recvmmsg`/`sendmmsg` wrappers are unsound for this use. Their
+//! results iterator calls `assume_init()` on preallocated address slots that
+//! `sendmmsg` never writes, and on 128-byte storage of which `recvmmsg`
+//! writes only the 16 or 28 bytes of the address (nix issues #2506, #2797).
+//! Here every header, iovec and address is zero-initialised once, and each
+//! FFI call states why it holds.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::ffi::c_void;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use socket2::SockAddr;
 
 use super::{PORTS, WORKER_TICK, WorkerCtx};
 use crate::batch::{Batch, RecvItem, process};
 use crate::core::PortKind;
 use crate::metrics::Metric;
-use crate::net::{for_socket, from_sockaddr_storage};
+use crate::net::{for_socket, parse_sockaddr};
 
 /// `sendmmsg` takes at most this many messages per call (UIO_MAXIOV).
 const MAX_SEND: usize = 1024;
-/// Largest receive batch (the configuration's upper bound).
-const MAX_BATCH: usize = 1024;
 
 /// One queued send.
 #[derive(Debug, Clone, Copy)]
@@ -38,49 +42,43 @@ struct SendItem {
 }
 
 /// Engine state of one worker: buffers and header arrays allocated once.
-///
-/// The iovecs borrow `mem`, so they cannot live in the struct with their
-/// real lifetime: receives build them in a stack array, sends take the empty
-/// `send_iovs` vector's allocation for the call and give it back
-/// ([`recycle`]), so no call allocates.
 pub struct MmsgEngine {
     batch: usize,
     buf_size: usize,
     mem: Vec<u8>,
-    /// Receive headers, one set per socket ([`PORTS`] order): nix keeps the
-    /// address length the kernel wrote last, which is fixed per socket.
-    recv_hdrs: Vec<MultiHeaders<SockaddrStorage>>,
+    names: Vec<libc::sockaddr_in6>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
     recv: Batch<RecvItem>,
     sends: Batch<SendItem>,
-    send_names: Vec<Option<SockaddrStorage>>,
-    send_iovs: Vec<[IoSlice<'static>; 1]>,
-    send_hdrs: MultiHeaders<SockaddrStorage>,
-}
-
-/// An empty vector with `v`'s allocation, for an element type that differs
-/// only in lifetime (in-place collect keeps the buffer; see the test).
-fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("empty")).collect()
+    send_names: Vec<SockAddr>,
+    send_iovs: Vec<libc::iovec>,
+    send_hdrs: Vec<libc::mmsghdr>,
 }
 
 impl MmsgEngine {
     /// Allocates the batch.
     pub fn new(ctx: &WorkerCtx) -> MmsgEngine {
-        let batch = (ctx.sizes.batch as usize).clamp(1, MAX_BATCH);
+        let batch = ctx.sizes.batch as usize;
         let buf_size = ctx.sizes.buffer_size as usize;
+        let placeholder = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
         MmsgEngine {
             batch,
             buf_size,
             mem: vec![0; batch * buf_size],
-            recv_hdrs: (0..PORTS.len())
-                .map(|_| MultiHeaders::preallocate(batch, None))
-                .collect(),
+            // SAFETY: all-zero sockaddr_in6/iovec/mmsghdr are valid values.
+            names: vec![unsafe { std::mem::zeroed() }; batch],
+            // SAFETY: as above.
+            iovs: vec![unsafe { std::mem::zeroed() }; batch],
+            // SAFETY: as above.
+            hdrs: vec![unsafe { std::mem::zeroed() }; batch],
             recv: Batch::with_capacity(batch),
             sends: Batch::with_capacity(MAX_SEND),
-            send_names: Vec::with_capacity(MAX_SEND),
-            send_iovs: Vec::with_capacity(MAX_SEND),
-            send_hdrs: MultiHeaders::preallocate(MAX_SEND, None),
+            send_names: vec![placeholder; MAX_SEND],
+            // SAFETY: as above.
+            send_iovs: vec![unsafe { std::mem::zeroed() }; MAX_SEND],
+            // SAFETY: as above.
+            send_hdrs: vec![unsafe { std::mem::zeroed() }; MAX_SEND],
         }
     }
 
@@ -92,30 +90,45 @@ impl MmsgEngine {
             "engine=mmsg batch={}",
             self.batch
         );
-        anyhow::ensure!(
-            ctx.sockets.len() == PORTS.len(),
-            "mmsg engine: {} sockets, expected {}",
-            ctx.sockets.len(),
-            PORTS.len()
-        );
-        let fds: [RawFd; PORTS.len()] = std::array::from_fn(|i| ctx.sockets[i].as_raw_fd());
-        let timeout = PollTimeout::try_from(WORKER_TICK).unwrap_or(PollTimeout::MAX);
+        let fds: Vec<i32> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let wake_fd = ctx.wake.as_fd().as_raw_fd();
+        pfds.push(libc::pollfd {
+            fd: wake_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let timeout_ms = WORKER_TICK.as_millis() as libc::c_int;
         while !ctx.stopping() {
             ctx.apply_updates();
-            if let Some(ready) = wait(ctx, timeout) {
-                if ready[fds.len()].contains(PollFlags::POLLIN) {
+            for p in pfds.iter_mut() {
+                p.revents = 0;
+            }
+            // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs
+            // for the duration of the call.
+            let n =
+                unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+            if n > 0 {
+                if pfds[fds.len()].revents & libc::POLLIN != 0 {
                     // Readable, so this read does not block; it resets the
                     // counter. The updates are applied at the loop's top.
                     let _ = ctx.wake.read();
                 }
                 for i in 0..fds.len() {
-                    if !ready[i].intersects(PollFlags::POLLIN | PollFlags::POLLERR) {
+                    if pfds[i].revents & (libc::POLLIN | libc::POLLERR) == 0 {
                         continue;
                     }
                     // Bounded: at most 16 batches per socket per loop, so the
                     // other socket and the updates get their turn.
                     for _ in 0..16 {
-                        let got = self.recv_batch(ctx, fds[i], i);
+                        let got = self.recv_batch(ctx, fds[i], PORTS[i]);
                         if got > 0 {
                             ctx.local.inc(Metric::Batches);
                             ctx.local.add(Metric::BatchItems, got as u64);
@@ -133,61 +146,73 @@ impl MmsgEngine {
         Ok(())
     }
 
-    /// Receives up to `batch` datagrams from socket `sock` into the receive
-    /// batch.
-    fn recv_batch(&mut self, ctx: &mut WorkerCtx, fd: RawFd, sock: usize) -> usize {
-        // The iovec array lives on the stack, in the smallest size class
-        // that holds the batch (nix ties its lifetime to the headers', so a
-        // reused heap vector would stay borrowed).
-        match self.batch {
-            0..=16 => self.recv_into::<16>(ctx, fd, sock),
-            17..=64 => self.recv_into::<64>(ctx, fd, sock),
-            65..=256 => self.recv_into::<256>(ctx, fd, sock),
-            _ => self.recv_into::<MAX_BATCH>(ctx, fd, sock),
-        }
-    }
-
-    fn recv_into<const N: usize>(&mut self, ctx: &mut WorkerCtx, fd: RawFd, sock: usize) -> usize {
+    /// Receives up to `batch` datagrams into the receive batch.
+    fn recv_batch(&mut self, ctx: &mut WorkerCtx, fd: i32, port: PortKind) -> usize {
         self.recv.clear();
-        let port = PORTS[sock];
-        let mut chunks = self.mem.chunks_exact_mut(self.buf_size);
-        let mut iovs: [[IoSliceMut<'_>; 1]; N] =
-            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-        match recvmmsg(
-            fd,
-            &mut self.recv_hdrs[sock],
-            iovs[..self.batch].iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        ) {
-            Ok(msgs) => {
-                let mut n = 0;
-                for (i, m) in msgs.enumerate() {
-                    n += 1;
-                    let Some(peer) = m.address.as_ref().and_then(from_sockaddr_storage) else {
-                        ctx.local.inc(Metric::RecvErrors);
-                        continue;
-                    };
-                    self.recv.push(RecvItem {
-                        buf: i as u16,
-                        off: 0,
-                        len: (m.bytes as u32).min(self.buf_size as u32),
-                        peer,
-                        port,
-                        truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
-                    });
-                }
-                n
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => 0,
-            Err(_) => {
-                ctx.local.inc(Metric::RecvErrors);
-                0
-            }
+        for i in 0..self.batch {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: i * buf_size + buf_size <= mem.len().
+                iov_base: unsafe { self.mem.as_mut_ptr().add(i * self.buf_size) } as *mut c_void,
+                iov_len: self.buf_size,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.names[i]) as *mut libc::sockaddr_in6 as *mut c_void;
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
         }
+        // SAFETY: `hdrs[..batch]` are initialised above and point at `names`,
+        // `iovs` and `mem`, all owned by self and alive for the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.batch as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                ctx.local.inc(Metric::RecvErrors);
+            }
+            return 0;
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let h = &self.hdrs[i];
+            let namelen =
+                (h.msg_hdr.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_in6>());
+            // SAFETY: `names[i]` is a plain sockaddr_in6 of which the kernel
+            // wrote `namelen` bytes; viewing it as bytes is valid.
+            let name = unsafe {
+                std::slice::from_raw_parts(
+                    (&self.names[i]) as *const libc::sockaddr_in6 as *const u8,
+                    namelen,
+                )
+            };
+            let Some(peer) = parse_sockaddr(name) else {
+                ctx.local.inc(Metric::RecvErrors);
+                continue;
+            };
+            self.recv.push(RecvItem {
+                buf: i as u16,
+                off: 0,
+                len: h.msg_len.min(self.buf_size as u32),
+                peer,
+                port,
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            });
+        }
+        n
     }
 
-    fn process_batch(&mut self, ctx: &mut WorkerCtx, fd: RawFd, port: PortKind) {
+    fn process_batch(&mut self, ctx: &mut WorkerCtx, fd: i32, port: PortKind) {
         let now = Instant::now();
         for k in 0..self.recv.len() {
             let item = self.recv.items()[k];
@@ -213,94 +238,67 @@ impl MmsgEngine {
         self.flush(ctx, fd, port);
     }
 
-    /// Sends every queued datagram with as few `sendmmsg` calls as possible,
-    /// straight from the receive buffers.
-    fn flush(&mut self, ctx: &mut WorkerCtx, fd: RawFd, port: PortKind) {
+    /// Sends every queued datagram with as few `sendmmsg` calls as possible.
+    fn flush(&mut self, ctx: &mut WorkerCtx, fd: i32, port: PortKind) {
         let n = self.sends.len();
         if n == 0 {
             return;
         }
-        let forwarded = match port {
-            PortKind::Ovp => Metric::OvpForwarded,
-            PortKind::Voice => Metric::VoiceForwarded,
-        };
-        let mut iovs: Vec<[IoSlice<'_>; 1]> = recycle(std::mem::take(&mut self.send_iovs));
-        self.send_names.clear();
-        for s in self.sends.items() {
+        for (i, s) in self.sends.items().iter().enumerate() {
+            self.send_names[i] = SockAddr::from(for_socket(s.dest, ctx.v6));
             let start = usize::from(s.buf) * self.buf_size + s.off as usize;
-            iovs.push([IoSlice::new(&self.mem[start..start + s.len as usize])]);
-            self.send_names
-                .push(Some(SockaddrStorage::from(for_socket(s.dest, ctx.v6))));
+            self.send_iovs[i] = libc::iovec {
+                // sendmmsg only reads through this pointer.
+                iov_base: self.mem[start..].as_ptr() as *mut c_void,
+                iov_len: s.len as usize,
+            };
+            let h = &mut self.send_hdrs[i];
+            h.msg_hdr.msg_name = self.send_names[i].as_ptr() as *mut c_void;
+            h.msg_hdr.msg_namelen = self.send_names[i].len();
+            h.msg_hdr.msg_iov = &mut self.send_iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
         }
         let mut done = 0;
         while done < n {
-            match sendmmsg(
-                fd,
-                &mut self.send_hdrs,
-                &iovs[done..n],
-                &self.send_names[done..n],
-                [],
-                MsgFlags::empty(),
-            ) {
-                Ok(sent) => {
-                    let mut r = 0;
-                    for m in sent {
-                        r += 1;
-                        ctx.local.inc(Metric::TxPackets);
-                        ctx.local.add(Metric::TxBytes, m.bytes as u64);
-                        ctx.local.inc(forwarded);
-                    }
-                    done += r;
+            // SAFETY: `send_hdrs[done..n]` are initialised above and point at
+            // `send_names`, `send_iovs` and `mem`, all alive for the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.send_hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
                 }
-                Err(Errno::EINTR) => {}
-                Err(_) => {
-                    // The message at `done` failed; count it and go on.
-                    ctx.local.inc(Metric::TxErrors);
-                    done += 1;
-                }
+                // The message at `done` failed; count it and go on.
+                ctx.local.inc(Metric::TxErrors);
+                done += 1;
+                continue;
             }
+            for i in done..done + r as usize {
+                self.count_sent(ctx, i, port);
+            }
+            done += r as usize;
         }
-        self.send_iovs = recycle(iovs);
         self.sends.clear();
     }
-}
 
-/// Polls the sockets and the wake eventfd for up to `timeout`; the ready
-/// flags of each ([`PORTS`] order, then the eventfd), or `None` when nothing
-/// is ready (timeout, `EINTR`).
-fn wait(ctx: &WorkerCtx, timeout: PollTimeout) -> Option<[PollFlags; PORTS.len() + 1]> {
-    let mut pfds: [PollFd<'_>; PORTS.len() + 1] = std::array::from_fn(|i| {
-        let fd = match ctx.sockets.get(i) {
-            Some(s) => s.as_fd(),
-            None => ctx.wake.as_fd(),
-        };
-        PollFd::new(fd, PollFlags::POLLIN)
-    });
-    match poll(&mut pfds, timeout) {
-        Ok(n) if n > 0 => Some(std::array::from_fn(|i| {
-            pfds[i].revents().unwrap_or(PollFlags::empty())
-        })),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recycle_keeps_the_allocation() {
-        let mem = [0u8; 64];
-        let store: Vec<[IoSlice<'static>; 1]> = Vec::with_capacity(16);
-        let cap = store.capacity();
-        let mut iovs: Vec<[IoSlice<'_>; 1]> = recycle(store);
-        assert_eq!(iovs.capacity(), cap);
-        let ptr = iovs.as_ptr();
-        iovs.extend(mem.chunks_exact(4).map(|b| [IoSlice::new(b)]));
-        assert_eq!(iovs.as_ptr(), ptr);
-        let back: Vec<[IoSlice<'static>; 1]> = recycle(iovs);
-        assert_eq!(back.capacity(), cap);
-        assert_eq!(back.as_ptr(), ptr);
-        assert!(back.is_empty());
+    fn count_sent(&self, ctx: &mut WorkerCtx, i: usize, port: PortKind) {
+        ctx.local.inc(Metric::TxPackets);
+        ctx.local
+            .add(Metric::TxBytes, u64::from(self.send_hdrs[i].msg_len));
+        ctx.local.inc(match port {
+            PortKind::Ovp => Metric::OvpForwarded,
+            PortKind::Voice => Metric::VoiceForwarded,
+        });
     }
 }
