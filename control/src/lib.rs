@@ -18,10 +18,11 @@
 //! - [`runtime`]: starts the threads and runs the machine loop and its tick.
 //! - [`config`], [`cli`], [`dsn`]: settings (flags > environment > file >
 //!   defaults, strict validation), the command line, DSN parsing.
-//! - [`observe`]: operations: systemd notification (READY, WATCHDOG fed
-//!   from the machine loop, STOPPING, STATUS), the Prometheus endpoint, the
-//!   summary line and SIGHUP reload. [`metrics`] names every metric;
-//!   [`logging`] sets up tracing; [`tls`] loads the TLS certificate.
+//! - [`observe`]: operations: the systemd watchdog fed from the machine
+//!   loop, and SIGHUP reload. [`metrics`] names every metric; [`tls`] loads
+//!   the TLS certificate. Logging, systemd notification (READY, WATCHDOG,
+//!   STOPPING, STATUS) and the Prometheus endpoint are `whelm_daemon`'s,
+//!   shared with the relay.
 //! - [`jobs`]: the plain data passed between all of the above.
 
 pub mod cli;
@@ -29,7 +30,6 @@ pub mod config;
 pub mod dsn;
 pub mod framing;
 pub mod jobs;
-pub mod logging;
 pub mod machine;
 pub mod metrics;
 pub mod net;

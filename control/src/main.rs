@@ -6,9 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use whelm_control::cli::{Cli, Sub, UserCmd};
 use whelm_control::config::{Config, LOG_ENV, db_target};
-use whelm_control::logging::{self, LogHandle};
 use whelm_control::runtime::Options;
 use whelm_control::store;
+use whelm_daemon::logging::{self, LogHandle};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -5,9 +5,9 @@
 //! Writers: the machine thread publishes its gauges and counters once per
 //! burst ([`Metrics::publish_machine`]); the store worker records each
 //! transaction's latency; the network thread counts connections. Readers:
-//! the HTTP thread ([`crate::observe`]) renders a scrape, and the machine
-//! thread's periodic summary line. All cells are relaxed atomics: a scrape
-//! may see one thread's update before another's, never a torn value.
+//! the HTTP thread (`whelm_daemon::metrics_http`) renders a scrape, and the
+//! machine thread's periodic summary line. All cells are relaxed atomics: a
+//! scrape may see one thread's update before another's, never a torn value.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use whelm_daemon::logging::RateLimited;
 use whelm_shared::line::{Command, ErrorReply, LineError, Reply};
 
 use crate::framing::{Frame, Framer};
 use crate::jobs::{Input, SessionId};
-use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 
 const LISTENER: Token = Token(0);

@@ -1,99 +1,41 @@
-//! Operations around the server: systemd notification, the watchdog, the
-//! Prometheus endpoint and SIGHUP reload.
+//! Operations around the server: the watchdog and SIGHUP reload.
+//! Notification ([`Notifier`]), the watchdog schedule and the Prometheus
+//! endpoint are `whelm_daemon`'s, shared with `whelm-relay`.
 //!
-//! - [`Notifier`]: the documented `NOTIFY_SOCKET` datagram protocol (the
-//!   sd-notify crate): `READY=1` once the listeners are bound and the store
+//! - [`Notifier`]: `READY=1` once the listeners are bound and the store
 //!   answered (runtime.rs calls it after both), `STATUS=` lines,
 //!   `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` it does nothing.
 //! - [`Watchdog`]: fed by the machine thread's loop, and only while the
 //!   network thread has also gone round its loop recently ([`Progress`]): a
 //!   hung machine or network thread stops the pings, and systemd restarts us.
-//! - [`MetricsServer`]: `GET /metrics` in the Prometheus text format on its
-//!   own thread (tiny_http), reading the atomics of [`Metrics`].
+//! - The metrics endpoint: [`whelm_daemon::metrics_http::MetricsServer`]
+//!   serving `GET /metrics`, reading the atomics of [`Metrics`].
 //! - [`Reloader`]: on SIGHUP re-reads the configuration; a configuration
 //!   with an error is refused whole (logged, the running one kept).
 //!   Otherwise limits, rate limits, timers, the call limit, the log filter,
 //!   the summary interval and the TLS certificate are applied to new events;
 //!   keys that need a restart are logged and kept.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use crossbeam_channel::Sender;
 use mio::Waker;
-use sd_notify::NotifyState;
+use whelm_daemon::logging::{LogHandle, RateLimited};
+use whelm_daemon::notify::{Notifier, WatchdogSchedule};
 
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::jobs::Input;
-use crate::logging::{LogHandle, RateLimited};
 use crate::metrics::Metrics;
 use crate::net::{NetCmd, Progress};
-
-/// Talks to the service manager when `NOTIFY_SOCKET` is set.
-#[derive(Debug)]
-pub struct Notifier {
-    enabled: bool,
-    errors: RateLimited,
-}
-
-impl Default for Notifier {
-    fn default() -> Self {
-        Notifier::new()
-    }
-}
-
-impl Notifier {
-    /// Reads `NOTIFY_SOCKET` (the environment is left as it is).
-    pub fn new() -> Notifier {
-        Notifier {
-            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
-            errors: RateLimited::new(Duration::from_secs(60)),
-        }
-    }
-
-    fn send(&mut self, state: &[NotifyState<'_>]) {
-        if !self.enabled {
-            return;
-        }
-        if let Err(e) = sd_notify::notify(false, state)
-            && let Some(held) = self.errors.allow(Instant::now())
-        {
-            tracing::warn!(error = %e, similar_errors_not_logged = held, "sd_notify failed");
-        }
-    }
-
-    /// `READY=1` with a status line.
-    pub fn ready(&mut self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
-    }
-
-    /// A `STATUS=` line.
-    pub fn status(&mut self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
-    }
-
-    /// `STOPPING=1`.
-    pub fn stopping(&mut self) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    }
-
-    /// `WATCHDOG=1`.
-    fn watchdog(&mut self) {
-        self.send(&[NotifyState::Watchdog]);
-    }
-}
 
 /// The watchdog schedule (`WATCHDOG_USEC`): a ping every half period while
 /// the network thread keeps going round its loop.
 #[derive(Debug)]
 pub struct Watchdog {
-    period: Duration,
-    next: Instant,
+    schedule: WatchdogSchedule,
     progress: Progress,
     stalls: RateLimited,
 }
@@ -101,14 +43,8 @@ pub struct Watchdog {
 impl Watchdog {
     /// `None` when the service manager asked for no watchdog.
     pub fn from_env(progress: Progress) -> Option<Watchdog> {
-        let usec = watchdog_usec(
-            std::env::var("WATCHDOG_USEC").ok().as_deref(),
-            std::env::var("WATCHDOG_PID").ok().as_deref(),
-            std::process::id(),
-        )?;
         Some(Watchdog {
-            period: Duration::from_micros(usec),
-            next: Instant::now(),
+            schedule: WatchdogSchedule::from_env()?,
             progress,
             stalls: RateLimited::new(Duration::from_secs(10)),
         })
@@ -116,17 +52,16 @@ impl Watchdog {
 
     /// The period systemd enforces.
     pub fn period(&self) -> Duration {
-        self.period
+        self.schedule.period()
     }
 
     /// Called from the machine loop on every iteration.
     pub fn feed(&mut self, now: Instant, notifier: &mut Notifier) {
-        if now < self.next {
+        if !self.schedule.due(now) {
             return;
         }
-        self.next = now + self.period / 2;
         let age = self.progress.age(now);
-        if age > self.period {
+        if age > self.schedule.period() {
             if let Some(held) = self.stalls.allow(now) {
                 tracing::error!(
                     stalled_ms = age.as_millis(),
@@ -137,74 +72,6 @@ impl Watchdog {
             return;
         }
         notifier.watchdog();
-    }
-}
-
-/// The watchdog period as sd_watchdog_enabled(3) reads it: `WATCHDOG_USEC`
-/// a positive number; `WATCHDOG_PID`, when set, must be this process (the
-/// sd-notify crate also refuses an unset `WATCHDOG_PID`, which the man page
-/// allows).
-fn watchdog_usec(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<u64> {
-    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
-    match pid {
-        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
-        _ => Some(usec),
-    }
-}
-
-/// The Prometheus endpoint's thread.
-pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    /// The bound address (port resolved).
-    pub addr: SocketAddr,
-}
-
-impl MetricsServer {
-    /// Binds `addr` and serves `GET /metrics`.
-    pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<MetricsServer> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("cannot bind the metrics endpoint {addr}: {e}"))?;
-        let local = server
-            .server_addr()
-            .to_ip()
-            .with_context(|| format!("local address of the metrics endpoint {addr}"))?;
-        let server = Arc::new(server);
-        let s = server.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                for req in s.incoming_requests() {
-                    let path = req.url().split('?').next().unwrap_or("");
-                    let resp = if path == "/metrics" || path == "/" {
-                        let mut r = tiny_http::Response::from_string(metrics.render());
-                        if let Ok(h) = tiny_http::Header::from_bytes(
-                            "Content-Type",
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        ) {
-                            r = r.with_header(h);
-                        }
-                        r
-                    } else {
-                        tiny_http::Response::from_string("not found\n").with_status_code(404)
-                    };
-                    let _ = req.respond(resp);
-                }
-            })
-            .context("spawning the metrics thread")?;
-        Ok(MetricsServer {
-            server,
-            thread: Some(thread),
-            addr: local,
-        })
-    }
-
-    /// Stops the thread.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -273,7 +140,7 @@ impl Reloader {
             }
         }
         if let Some(h) = &self.log {
-            crate::logging::set_filter(h, &new.log)?;
+            whelm_daemon::logging::set_filter(h, &new.log)?;
         }
         let _ = self
             .machine
@@ -310,20 +177,5 @@ impl Reloader {
         }
         self.current = new;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watchdog_env_as_the_man_page_says() {
-        assert_eq!(watchdog_usec(Some("500000"), None, 7), Some(500_000));
-        assert_eq!(watchdog_usec(Some("500000"), Some("7"), 7), Some(500_000));
-        assert_eq!(watchdog_usec(Some("500000"), Some("8"), 7), None);
-        assert_eq!(watchdog_usec(Some("0"), None, 7), None);
-        assert_eq!(watchdog_usec(Some("x"), None, 7), None);
-        assert_eq!(watchdog_usec(None, Some("7"), 7), None);
     }
 }

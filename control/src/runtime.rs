@@ -28,15 +28,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::Waker;
+use whelm_daemon::logging::LogHandle;
+use whelm_daemon::metrics_http::MetricsServer;
+use whelm_daemon::notify::Notifier;
 
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::jobs::{Effect, Input, StoreJob};
-use crate::logging::LogHandle;
 use crate::machine::Machine;
 use crate::metrics::Metrics;
 use crate::net::{Net, NetCmd, Progress};
-use crate::observe::{MetricsServer, Notifier, Reloader, Watchdog};
+use crate::observe::{Reloader, Watchdog};
 use crate::relay_link::RelayLink;
 use crate::store::{self, Store};
 
@@ -144,7 +146,10 @@ pub fn serve(
     };
     let metrics = Arc::new(Metrics::default());
     let metrics_server = match cfg.metrics_listen {
-        Some(a) => Some(MetricsServer::start(a, metrics.clone())?),
+        Some(a) => {
+            let m = metrics.clone();
+            Some(MetricsServer::start(a, "metrics", move || m.render())?)
+        }
         None => None,
     };
 

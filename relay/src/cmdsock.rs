@@ -220,7 +220,7 @@ fn accept_loop(
     let next_id = AtomicU64::new(1);
     let active = Arc::new(AtomicUsize::new(0));
     // Repeated errors (EMFILE, a peer flood) are logged once a minute.
-    let mut errors = crate::logging::RateLimited::new(Duration::from_secs(60));
+    let mut errors = whelm_daemon::logging::RateLimited::new(Duration::from_secs(60));
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(200u16)) {

@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::EventFd;
+use whelm_daemon::logging::LogHandle;
+use whelm_daemon::notify::Notifier;
 use whelm_shared::channel::{
     self, Command, ErrorCode, Limits, Outcome, RelayMsg, Role, StationInfo,
 };
@@ -48,10 +50,9 @@ use whelm_shared::channel::{
 use crate::cmdsock::{ConnEvent, ConnHandle};
 use crate::config::{Cli, Config};
 use crate::engine::EngineKind;
-use crate::logging::LogHandle;
 use crate::metrics::{Metric, RelayGauges, WorkerCounters, drop_key, stat};
 use crate::net::display_addr;
-use crate::observe::{Notifier, Watchdog};
+use crate::observe::Watchdog;
 use crate::registry::{Notice, Registry};
 use crate::update::{Event, Hello, Update};
 use crate::voice::{HelloResult, Refusal, VoiceState};
@@ -562,7 +563,7 @@ impl Coordinator {
         if moved("log")
             && let Some(h) = &ctx.log
         {
-            crate::logging::set_filter(h, &new.log)?;
+            whelm_daemon::logging::set_filter(h, &new.log)?;
         }
         for r in &restart {
             tracing::warn!(change = %r, "changing this key needs a restart; running value kept");

@@ -33,10 +33,10 @@
 //! - [`ctl`]: `whelm-relay ctl`, the operator's client of that socket.
 //! - [`metrics`]: every counter name (stats lines and Prometheus); per-worker
 //!   counters read without stopping the workers; the coordinator's gauges.
-//! - [`observe`]: systemd notification (READY, STATUS, STOPPING), the
-//!   watchdog fed while every worker loop moves, the metrics endpoint.
-//! - [`logging`]: tracing on stderr (compact under journald), the reloadable
-//!   filter, rate-limited error logging.
+//! - [`observe`]: the systemd watchdog, fed while every worker loop moves.
+//!   Notification (READY, STATUS, STOPPING), the metrics endpoint and
+//!   logging (stderr, compact under journald, reloadable filter,
+//!   rate-limited errors) are `whelm_daemon`'s, shared with control.
 //!
 //! Flow: socket -> engine receive batch -> `batch::process` -> `Core::decide`
 //! -> engine send queue -> socket. Learned stations: `Core` -> worker ->
@@ -57,7 +57,6 @@ pub mod core;
 pub mod ctl;
 pub mod engine;
 pub mod hello;
-pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod observe;

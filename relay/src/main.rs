@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
+use whelm_daemon::logging::{self, LogHandle};
 use whelm_relay::config::{Cli, Config};
-use whelm_relay::logging::{self, LogHandle};
 use whelm_relay::relay::Options;
 
 fn main() -> std::process::ExitCode {

@@ -21,16 +21,18 @@ use anyhow::{Context, bail};
 use socket2::Socket;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use whelm_daemon::logging::LogHandle;
+use whelm_daemon::metrics_http::MetricsServer;
+use whelm_daemon::notify::Notifier;
 
 use crate::cmdsock::{self, PeerPolicy};
 use crate::config::{Cli, Config};
 use crate::coordinator::{Coordinator, LimitsState, Ops, ReloadCtx, WorkerInfo, WorkerLink};
 use crate::core::{Core, CoreConfig};
 use crate::engine::{self, EngineKind, WorkerCtx};
-use crate::logging::LogHandle;
 use crate::metrics::{RelayGauges, WorkerCounters, WorkerView};
 use crate::net::{bind_udp, local_addr};
-use crate::observe::{MetricsServer, Notifier, Watchdog};
+use crate::observe::Watchdog;
 use crate::update::{Event, Hello};
 
 /// HELLOs queued for the coordinator at most; a flood beyond is dropped and
@@ -136,7 +138,7 @@ pub fn run(
         Some(addr) => {
             let (g, v) = (gauges.clone(), views.clone());
             let render = move || crate::metrics::render(v.get().map_or(&[], Vec::as_slice), &g);
-            match MetricsServer::start(addr, render) {
+            match MetricsServer::start(addr, "relay-metrics", render) {
                 Ok(m) => Some(m),
                 // As with the command socket: the built-in default address
                 // is shared by every relay on the host (tests, benches), so

@@ -13,11 +13,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use whelm_daemon::logging::RateLimited;
 use whelm_shared::line::{Status, UserId};
 
 use super::{NewMessage, Stamp, Store, StoreError};
 use crate::jobs::{Input, MsgFailure, MsgJob, StoreJob, StoreResult, StoredMessage};
-use crate::logging::RateLimited;
 use crate::metrics::Metrics;
 
 /// Runs jobs until the job channel closes; answers go to `answers`. Each

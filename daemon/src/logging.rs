@@ -1,10 +1,10 @@
-//! Structured logs (tracing) on stderr, as in `whelm-control`: the human
-//! format on a terminal, a compact one (no timestamps, no colour: journald
-//! adds both) when stderr is the journal (`JOURNAL_STREAM` names its device
-//! and inode). The filter sits behind a reload handle so a reload (SIGHUP,
+//! Structured logs (tracing) on stderr: the human format on a terminal, a
+//! compact one (no timestamps, no colour: journald adds both) when stderr is
+//! the journal (`JOURNAL_STREAM` names its device and inode). The filter
+//! sits behind a reload handle so a reload (SIGHUP, the relay's
 //! `ctl reload`) can change the level. Repeated errors go through
 //! [`RateLimited`]. Nothing is logged per packet above trace level: the
-//! packet path counts ([`crate::metrics`]) instead.
+//! relay's packet path counts (its metrics) instead.
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,16 @@
+//! `whelm-daemon`: process plumbing shared by `whelm-relay` and
+//! `whelm-control`. No protocol logic.
+//!
+//! - [`logging`]: tracing on stderr (the human format on a terminal, a
+//!   compact one under journald), the reloadable filter, rate-limited error
+//!   logging.
+//! - [`notify`]: systemd notification (READY, STATUS, STOPPING, WATCHDOG
+//!   over `NOTIFY_SOCKET`) and the watchdog schedule (`WATCHDOG_USEC`). What
+//!   counts as progress, and so whether a due ping is sent, stays with each
+//!   daemon.
+//! - [`metrics_http`]: the Prometheus text endpoint (`GET /metrics`) on its
+//!   own thread, serving what the daemon renders.
+
+pub mod logging;
+pub mod metrics_http;
+pub mod notify;
