@@ -14,13 +14,14 @@
 //! file's `db`, else `whelm.db`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use whelm_daemon::config as layers;
+pub use whelm_daemon::config::{BadValue, Origin};
 use whelm_shared::line::DEFAULT_PORT;
 
 use crate::cli::Cli;
@@ -116,19 +117,17 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads and parses a TOML file (unknown keys refused).
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        FileConfig::parse(&text).with_context(|| format!("config file {}", path.display()))
+        layers::load_file(path)
     }
 
     /// Parses TOML text (unknown keys refused).
     pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+        layers::parse(text)
     }
 
     /// The keys set, as a TOML table.
     fn table(&self) -> anyhow::Result<toml::Table> {
-        toml::Table::try_from(self).context("internal: config to table")
+        layers::table(self)
     }
 
     /// The environment layer.
@@ -182,55 +181,6 @@ impl FileConfig {
                 .tls_key
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned()),
-        }
-    }
-}
-
-/// Where a value came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// The built-in default.
-    Default,
-    /// The config file (its path).
-    File(PathBuf),
-    /// An environment variable.
-    Env(&'static str),
-    /// A command-line flag.
-    Flag,
-}
-
-/// A value that was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("{origin}: key \"{key}\": value {value}: {reason}")]
-pub struct BadValue {
-    /// Where it came from (`control.toml`, `environment WHELM_...`, `flag --...`).
-    pub origin: String,
-    /// The key.
-    pub key: String,
-    /// The value as written (TOML form).
-    pub value: String,
-    /// Why it is refused.
-    pub reason: String,
-}
-
-impl Origin {
-    fn describe(&self, key: &str) -> String {
-        match self {
-            Origin::Default => "default".to_owned(),
-            Origin::File(p) => p.display().to_string(),
-            Origin::Env(v) => format!("environment {v}"),
-            Origin::Flag => format!("flag --{}", key.replace('_', "-")),
-        }
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Default => f.write_str("default"),
-            Origin::File(p) => write!(f, "file {}", p.display()),
-            Origin::Env(v) => write!(f, "environment {v}"),
-            Origin::Flag => f.write_str("flag"),
         }
     }
 }
@@ -422,27 +372,18 @@ impl Config {
         };
         let env = FileConfig::from_env();
         let flags = FileConfig::from_cli(cli);
-        let mut table = defaults().table()?;
-        let mut origins: BTreeMap<String, Origin> =
-            table.keys().map(|k| (k.clone(), Origin::Default)).collect();
-        let layers = [
-            (
-                file.table()?,
-                Origin::File(cli.config.clone().unwrap_or_default()),
-            ),
-            (env.table()?, Origin::Env("")),
-            (flags.table()?, Origin::Flag),
-        ];
-        for (layer, origin) in layers {
-            for (k, v) in layer {
-                let origin = match origin {
-                    Origin::Env(_) => Origin::Env(env_name(&k)),
-                    ref o => o.clone(),
-                };
-                origins.insert(k.clone(), origin);
-                table.insert(k, v);
-            }
-        }
+        let (table, origins) = layers::merge(
+            defaults().table()?,
+            [
+                (
+                    file.table()?,
+                    Origin::File(cli.config.clone().unwrap_or_default()),
+                ),
+                (env.table()?, Origin::Env("")),
+                (flags.table()?, Origin::Flag),
+            ],
+            env_name,
+        );
         let m = Merged { table, origins };
 
         let (db, db_origin) = db_choice(cli.db.as_deref(), file.db.as_deref())?;
@@ -542,11 +483,7 @@ impl Config {
     /// The effective configuration as TOML, each key commented with its
     /// source; the DSN password is masked.
     pub fn to_toml(&self) -> String {
-        let mut out = String::from("# whelm-control effective configuration\n");
-        for (k, (v, origin)) in &self.effective {
-            out.push_str(&format!("{k} = {v}  # {origin}\n"));
-        }
-        out
+        layers::effective_toml("whelm-control", &self.effective)
     }
 }
 

@@ -17,7 +17,8 @@
 //!   [`jobs::Input::Relay`]; reconnects with backoff.
 //! - [`runtime`]: starts the threads and runs the machine loop and its tick.
 //! - [`config`], [`cli`], [`dsn`]: settings (flags > environment > file >
-//!   defaults, strict validation), the command line, DSN parsing.
+//!   defaults, layered by `whelm_daemon::config`; strict validation), the
+//!   command line, DSN parsing.
 //! - [`observe`]: operations: the systemd watchdog fed from the machine
 //!   loop, and SIGHUP reload. [`metrics`] names every metric; [`tls`] loads
 //!   the TLS certificate. Logging, systemd notification (READY, WATCHDOG,

@@ -10,7 +10,11 @@
 //!   daemon.
 //! - [`metrics_http`]: the Prometheus text endpoint (`GET /metrics`) on its
 //!   own thread, serving what the daemon renders.
+//! - [`config`]: settings layering (flags > environment > file > defaults),
+//!   each value's [`config::Origin`], and the error that names source, key,
+//!   value and reason. The keys and their validation stay with each daemon.
 
+pub mod config;
 pub mod logging;
 pub mod metrics_http;
 pub mod notify;

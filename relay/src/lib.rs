@@ -2,9 +2,9 @@
 //!
 //! Modules, in the order a datagram meets them:
 //!
-//! - [`config`]: flags over environment over TOML file over defaults,
-//!   validated whole (errors name source, key, value, reason); which keys a
-//!   reload applies.
+//! - [`config`]: flags over environment over TOML file over defaults
+//!   (layered by `whelm_daemon::config`), validated whole (errors name
+//!   source, key, value, reason); which keys a reload applies.
 //! - [`relay`]: start-up (binds, workers, coordinator, ready line) and
 //!   shutdown.
 //! - [`net`]: `SO_REUSEPORT` sockets, sockaddr parsing, CPU pinning.
