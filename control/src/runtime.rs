@@ -230,10 +230,14 @@ pub fn serve(
         metrics: metrics_server.as_ref().map(|m| m.addr),
         tls: tls_addr,
     };
+    // The machine's first figures (the call limit, zero sessions) are
+    // published before the ready line, so a scrape right after it never
+    // reads the metrics' initial zeros.
+    let machine = Machine::new(cfg.machine.clone());
+    metrics.publish_machine(&machine.stats());
     ready(&r);
     notifier.ready(&format!("serving on {local}"));
 
-    let machine = Machine::new(cfg.machine.clone());
     let ops = Ops {
         notifier,
         watchdog,
