@@ -7,12 +7,15 @@
 /// An open bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
-    /// shared/src/line.rs: `Command::parse` of `FOO\r BAR` fails with
-    /// `Unknown("FOO\r")`; its reply line `ERROR Unknown command: FOO\r`
-    /// reads back as `Unknown command: FOO` (`Reply::parse` trims every
-    /// trailing `\r`). The rest of this bug (a second trailing `\r` kept in
-    /// the last argument) was fixed in f8822a9's parent commits; see
-    /// tests/regressions.rs. Artifact: artifacts/line_parser/unknown-word-cr.
+    /// shared/src/line.rs: what is left of the trailing-`\r` bug after
+    /// `strip_eol` learnt to strip every trailing `\r`:
+    /// - `AUTH x\r ` (a `\r` before the spaces `one_arg` trims) gives token
+    ///   `x\r`, whose `to_line` `AUTH x\r` parses to token `x`. Found by the
+    ///   campaign: artifacts/line_parser/crash-70d4bdb6..., minimized by hand
+    ///   to artifacts/line_parser/auth-cr-space.
+    /// - `FOO\r BAR` fails with `Unknown("FOO\r")`; its reply line
+    ///   `ERROR Unknown command: FOO\r` reads back as `Unknown command: FOO`.
+    ///   Artifact: artifacts/line_parser/unknown-word-cr.
     TrailingCr,
 }
 

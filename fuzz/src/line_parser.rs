@@ -36,7 +36,10 @@ fn command(data: &[u8]) {
                 _ => {}
             }
             let line = cmd.to_line();
-            assert!(!line.ends_with('\r'), "{line:?}");
+            // Bug::TrailingCr: an argument that ends in `\r` (`AUTH x\r `).
+            if line.ends_with('\r') && known::skip(Bug::TrailingCr) {
+                return;
+            }
             assert_eq!(
                 Command::parse(line.as_bytes()),
                 Ok(cmd.clone()),
