@@ -30,6 +30,8 @@ use toml::{Table, Value};
 
 use whelm_control::config as ccfg;
 use whelm_control::dsn::DbTarget;
+
+use crate::known::{self, Bug};
 use whelm_relay::config as rcfg;
 use whelm_shared::ovp::StationId;
 
@@ -287,9 +289,19 @@ fn control(text: &str) {
         assert_eq!(Ok(c.listen), l.trim().parse::<SocketAddr>());
     }
 
-    // --check-config output, loaded again. The DSN password is masked and
-    // its parameters are not shown, by design: such a db is not compared.
-    let printed = c.to_toml();
+    // --check-config output, loaded again.
+    let mut printed = c.to_toml();
+    // A MariaDB `db` is printed masked (password `***`, no parameters) by
+    // design; Bug::DsnDisplay: it may not even parse. Reload without it.
+    let masked =
+        matches!(&c.db, DbTarget::Mysql(d) if d.password.is_some() || !d.params.is_empty());
+    if masked || (matches!(c.db, DbTarget::Mysql(_)) && known::skip(Bug::DsnDisplay)) {
+        printed = printed
+            .lines()
+            .filter(|l| !l.starts_with("db = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
     let again = load_control(&printed)
         .unwrap_or_else(|e| panic!("--check-config output does not load: {e}\n{printed}"));
     let ctx = || format!("--check-config output:\n{printed}");
@@ -317,9 +329,7 @@ fn control(text: &str) {
         "{}",
         ctx()
     );
-    let masked =
-        matches!(&c.db, DbTarget::Mysql(d) if d.password.is_some() || !d.params.is_empty());
-    if !masked {
+    if printed.contains("\ndb = ") {
         assert_eq!(c.db, again.db, "{}", ctx());
     }
 }

@@ -17,6 +17,15 @@ pub enum Bug {
     ///   `ERROR Unknown command: FOO\r` reads back as `Unknown command: FOO`.
     ///   Artifact: artifacts/line_parser/unknown-word-cr.
     TrailingCr,
+    /// control/src/dsn.rs `impl Display for MysqlDsn` (used for the `db`
+    /// line of `--check-config` and in logs): user, host and database are
+    /// written into the `mysql://` URL without percent-encoding, so the Go
+    /// form `us%r@tcp(host)/whelm` prints `mysql://us%r@host:3306/whelm`,
+    /// which does not parse ("invalid percent escape"): the printed config
+    /// does not load. Found by the campaign:
+    /// artifacts/config_parser/crash-856a429c..., minimized by hand to
+    /// artifacts/config_parser/dsn-user-percent.
+    DsnDisplay,
 }
 
 /// `true` when the check for `bug` should be skipped.
