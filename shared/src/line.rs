@@ -307,10 +307,11 @@ impl Command {
 }
 
 fn one_arg<'a>(cmd: &'static str, rest: Option<&'a str>) -> Result<&'a str, LineError> {
-    // Arguments are separated by spaces; a stray trailing space is tolerated,
-    // any other character (even other white space) is part of the argument.
+    // Arguments are separated by spaces; stray trailing spaces and carriage
+    // returns are tolerated (`AUTH x\r ` is `AUTH x`: found by the
+    // line_parser fuzz target), any other character is part of the argument.
     let r = rest
-        .map(|r| r.trim_end_matches(' '))
+        .map(|r| r.trim_end_matches([' ', '\r']))
         .filter(|r| !r.is_empty());
     let r = r.ok_or(LineError::MissingArgument(cmd))?;
     if r.contains(' ') {
