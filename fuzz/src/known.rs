@@ -7,15 +7,11 @@
 /// An open bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
-    /// shared/src/line.rs: what is left of the trailing-`\r` bug after
-    /// `strip_eol` learnt to strip every trailing `\r`:
-    /// - `AUTH x\r ` (a `\r` before the spaces `one_arg` trims) gives token
-    ///   `x\r`, whose `to_line` `AUTH x\r` parses to token `x`. Found by the
-    ///   campaign: artifacts/line_parser/crash-70d4bdb6..., minimized by hand
-    ///   to artifacts/line_parser/auth-cr-space.
-    /// - `FOO\r BAR` fails with `Unknown("FOO\r")`; its reply line
-    ///   `ERROR Unknown command: FOO\r` reads back as `Unknown command: FOO`.
-    ///   Artifact: artifacts/line_parser/unknown-word-cr.
+    /// shared/src/line.rs: what is left of the trailing-`\r` bug (fixed for
+    /// arguments: `AUTH x\r\r`, then `AUTH x\r ` in b12651f): `FOO\r BAR`
+    /// fails with `Unknown("FOO\r")`; its reply line
+    /// `ERROR Unknown command: FOO\r` reads back as `Unknown command: FOO`.
+    /// Cosmetic. Artifact: artifacts/line_parser/unknown-word-cr.
     TrailingCr,
     /// control/src/dsn.rs `impl Display for MysqlDsn` (used for the `db`
     /// line of `--check-config` and in logs): user, host and database are

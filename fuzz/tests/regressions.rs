@@ -49,12 +49,11 @@ fn trailing_cr_round_trips() {
     assert_eq!(Reply::parse(&r.to_line()), Ok(r));
 }
 
-/// shared/src/line.rs (open, Bug::TrailingCr): `AUTH x\r ` keeps the `\r`
-/// in the token because the spaces after it are trimmed after the `\r`s
+/// shared/src/line.rs (fixed in b12651f): `AUTH x\r ` kept the `\r` in
+/// the token because the spaces after it were trimmed after the `\r`s
 /// (artifacts/line_parser/auth-cr-space; the campaign found
 /// crash-70d4bdb6...).
 #[test]
-#[ignore = "open: shared/src/line.rs one_arg trims spaces after strip_eol trimmed \\r"]
 fn cr_before_trailing_space_round_trips() {
     for line in [&b"AUTH x\r "[..], b"MSG 2 hi\r ", b"HEARTBEAT away\r "] {
         let cmd = Command::parse(line);
