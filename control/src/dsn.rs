@@ -63,7 +63,7 @@ impl fmt::Display for MysqlDsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("mysql://")?;
         if !self.user.is_empty() || self.password.is_some() {
-            f.write_str(&self.user)?;
+            f.write_str(&percent_encode(&self.user))?;
             if self.password.is_some() {
                 f.write_str(":***")?;
             }
@@ -71,11 +71,30 @@ impl fmt::Display for MysqlDsn {
         }
         match (&self.host, &self.socket) {
             (_, Some(sock)) => write!(f, "unix({sock})")?,
+            (Some(h), None) if h.contains(':') => write!(f, "[{h}]:{}", self.port)?,
             (Some(h), None) => write!(f, "{h}:{}", self.port)?,
             (None, None) => write!(f, "127.0.0.1:{}", self.port)?,
         }
-        write!(f, "/{}", self.database)
+        write!(f, "/{}", percent_encode(&self.database))
     }
+}
+
+/// Escapes every byte outside RFC 3986's unreserved set, so that what
+/// `Display` prints parses back to the same user and database.
+fn percent_encode(s: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if s.bytes().all(plain) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 impl MysqlDsn {
@@ -293,6 +312,21 @@ mod tests {
         assert_eq!(d.database, "whelm");
         assert_eq!(d.params, vec![("parseTime".into(), "true".into())]);
         assert_eq!(d.to_string(), "mysql://user:***@host:3306/whelm");
+    }
+
+    #[test]
+    fn display_parses_back() {
+        for s in [
+            "us%r@tcp(host)/whelm",
+            "a@b@tcp(host)/whelm",
+            "mysql://u%2Fx@[::1]:3307/d%20b",
+            "root@tcp([fe80::1]:3306)/test",
+        ] {
+            let d = MysqlDsn::parse(s).unwrap();
+            assert_eq!(MysqlDsn::parse(&d.to_string()), Ok(d.clone()), "{s} -> {d}");
+        }
+        let d = MysqlDsn::parse("us%r@tcp(host)/whelm").unwrap();
+        assert_eq!(d.to_string(), "mysql://us%25r@host:3306/whelm");
     }
 
     #[test]

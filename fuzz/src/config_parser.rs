@@ -31,7 +31,6 @@ use toml::{Table, Value};
 use whelm_control::config as ccfg;
 use whelm_control::dsn::DbTarget;
 
-use crate::known::{self, Bug};
 use whelm_relay::config as rcfg;
 use whelm_shared::ovp::StationId;
 
@@ -292,10 +291,10 @@ fn control(text: &str) {
     // --check-config output, loaded again.
     let mut printed = c.to_toml();
     // A MariaDB `db` is printed masked (password `***`, no parameters) by
-    // design; Bug::DsnDisplay: it may not even parse. Reload without it.
+    // design. Reload without it.
     let masked =
         matches!(&c.db, DbTarget::Mysql(d) if d.password.is_some() || !d.params.is_empty());
-    if masked || (matches!(c.db, DbTarget::Mysql(_)) && known::skip(Bug::DsnDisplay)) {
+    if masked {
         printed = printed
             .lines()
             .filter(|l| !l.starts_with("db = "))

@@ -24,7 +24,6 @@
 
 pub mod channel_decoder;
 pub mod config_parser;
-pub mod known;
 pub mod line_parser;
 pub mod ovp_validate;
 pub mod station_reassembly;

@@ -1,8 +1,6 @@
 //! Target `line_parser`: the control line protocol (`whelm_shared::line`).
 
-use whelm_shared::line::{Command, LineError, Reply};
-
-use crate::known::{self, Bug};
+use whelm_shared::line::{Command, Reply};
 
 /// A line as the connection layer delivers it: no `\n` but a final one.
 fn is_line(data: &[u8]) -> bool {
@@ -51,12 +49,6 @@ fn command(data: &[u8]) {
             assert_eq!(Command::parse(format!("{line}\r\n").as_bytes()), Ok(cmd));
         }
         Err(e) => {
-            // Bug::TrailingCr: the unknown word `FOO\r` of `FOO\r BAR`.
-            if matches!(&e, LineError::Unknown(w) if w.ends_with('\r'))
-                && known::skip(Bug::TrailingCr)
-            {
-                return;
-            }
             // Every error has a reply line that a client parses back.
             let r = Reply::Error(e.reply());
             let line = r.to_line();

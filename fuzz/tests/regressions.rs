@@ -1,7 +1,6 @@
 //! One test per bug the targets found (details in the commit messages and
-//! RUNS.md). Open bugs (see `src/known.rs`) are `#[ignore]`d until the fix
-//! lands in the crate that owns the code; run them with
-//! `cargo test --manifest-path fuzz/Cargo.toml -- --ignored`.
+//! RUNS.md). All of them are fixed; each test here fails if its bug
+//! comes back.
 
 use whelm_shared::line::{Command, Reply};
 use whelm_shared::ovp::{HEADER_LEN, StationId};
@@ -63,11 +62,10 @@ fn cr_before_trailing_space_round_trips() {
     }
 }
 
-/// shared/src/line.rs (open, Bug::TrailingCr): the unknown word of
-/// `FOO\r BAR` is `FOO\r`, and the error reply line reads back as `FOO`
+/// shared/src/line.rs `Command::parse` (fixed): the unknown word of
+/// `FOO\r BAR` was `FOO\r`, and the error reply line read back as `FOO`
 /// (artifacts/line_parser/unknown-word-cr).
 #[test]
-#[ignore = "open: shared/src/line.rs keeps a \\r at the end of an unknown command word"]
 fn unknown_word_with_cr_round_trips() {
     let e = Command::parse(b"FOO\r BAR").expect_err("unknown");
     let r = Reply::Error(e.reply());
@@ -93,11 +91,11 @@ fn sub_nanosecond_timeout_is_refused() {
     }
 }
 
-/// control/src/dsn.rs (open, Bug::DsnDisplay): a DSN without a password
-/// prints as a URL that parses back to the same DSN
+/// control/src/dsn.rs `Display for MysqlDsn` (fixed): a DSN without a
+/// password prints as a URL that parses back to the same DSN (user and
+/// database used to be printed without percent-encoding)
 /// (artifacts/config_parser/dsn-user-percent).
 #[test]
-#[ignore = "open: control/src/dsn.rs Display does not percent-encode user, host, database"]
 fn dsn_display_parses_back() {
     use whelm_control::dsn::MysqlDsn;
     for s in [

@@ -296,7 +296,13 @@ impl Command {
                     content: content.to_owned(),
                 })
             }
-            other => Err(LineError::Unknown(other.to_owned())),
+            // A line cut as `FOO\r BAR` leaves the `\r` on the word; the
+            // reply line would end in it and read back without it.
+            other => Err(LineError::Unknown(
+                other
+                    .trim_end_matches(|c: char| c.is_ascii_whitespace())
+                    .to_owned(),
+            )),
         }
     }
 
@@ -651,11 +657,12 @@ mod tests {
 
     #[test]
     fn bad_input_is_a_typed_error() {
-        let cases: [(&[u8], LineError); 14] = [
+        let cases: [(&[u8], LineError); 15] = [
             (b"", LineError::Empty),
             (b"\r\n", LineError::Empty),
             (b"PING", LineError::Unknown("PING".into())),
             (b"auth x", LineError::Unknown("auth".into())),
+            (b"FOO\r BAR", LineError::Unknown("FOO".into())),
             (b"AUTH", LineError::MissingArgument("AUTH")),
             (b"AUTH a b", LineError::TrailingInput("AUTH")),
             (b"CALL", LineError::MissingArgument("CALL")),
