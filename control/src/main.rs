@@ -36,6 +36,20 @@ fn valid_username(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
+/// A write past `RLIMIT_FSIZE` (a file size limit set by the operator or
+/// systemd's `LimitFSIZE=`) raises SIGXFSZ, whose default action kills the
+/// process. Ignored, the write fails with `EFBIG` instead: the store reports
+/// it, MSG gets `ERROR`, and presence and calls go on.
+fn ignore_sigxfsz() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler, so no code runs in signal
+    // context; nothing else in the process handles SIGXFSZ.
+    if let Err(e) = unsafe { sigaction(Signal::SIGXFSZ, &ignore) } {
+        tracing::warn!(error = %e, "could not ignore SIGXFSZ");
+    }
+}
+
 #[allow(clippy::print_stdout)]
 fn run(cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
     let Some(cmd) = &cli.command else {
@@ -48,6 +62,7 @@ fn run(cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
             return Ok(());
         }
         logging::set_filter(&log, &cfg.log)?;
+        ignore_sigxfsz();
         let store = store::open(&cfg.db).with_context(|| format!("opening store {}", cfg.db))?;
         let opts = Options {
             cli: cli.clone(),

@@ -30,9 +30,50 @@ pub enum StoreError {
     /// A username that is taken.
     #[error("user {0:?} already exists")]
     UserExists(String),
+    /// SQLite said no, and the operating system said why (`errno`).
+    #[error("sqlite: {error} (os error: {os})")]
+    SqliteOs {
+        /// What SQLite reported.
+        error: rusqlite::Error,
+        /// The system call's error behind it (`sqlite3_system_errno`).
+        os: std::io::Error,
+    },
+    /// MariaDB did not answer within the socket deadline (its host or the
+    /// network is gone; the connection was dropped).
+    #[error("mariadb: no answer within {0:?} (read/write timeout); the connection was dropped")]
+    NoAnswer(std::time::Duration),
     /// Anything else (bad stored data, ...).
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// The database could not be reached or stopped answering (as opposed
+    /// to refusing one statement): the worker then fails jobs at once for
+    /// a short while instead of waiting on it for every batch.
+    pub fn is_unavailable(&self) -> bool {
+        use ::mysql::{DriverError, Error};
+        match self {
+            StoreError::NoAnswer(_) => true,
+            StoreError::Mysql(Error::IoError(_) | Error::CodecError(_)) => true,
+            StoreError::Mysql(Error::DriverError(e)) => matches!(
+                e,
+                DriverError::ConnectTimeout
+                    | DriverError::CouldNotConnect(_)
+                    | DriverError::PacketOutOfSync
+                    | DriverError::UnexpectedPacket
+                    | DriverError::Timeout
+            ),
+            // Too many connections, shutdown in progress, network errors
+            // (1158..=1161), connection killed, gone away, lost, idle
+            // disconnect.
+            StoreError::Mysql(Error::MySqlError(e)) => matches!(
+                e.code,
+                1040 | 1053 | 1158..=1161 | 1927 | 2006 | 2013 | 4031
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A row of `users` for `user list`.

@@ -1,14 +1,23 @@
-//! MariaDB through the `mysql` crate: a small pool, session time zone UTC,
-//! `utf8mb4`, every value a bound parameter. Message and pending-row inserts
-//! are multi-row statements in power-of-two chunk sizes, so a handful of
-//! prepared statements stay cached; their ids are `LAST_INSERT_ID() + k *
-//! @@auto_increment_increment`, which InnoDB guarantees for one multi-row
-//! INSERT unless `innodb_autoinc_lock_mode = 2`, where we insert row by row.
+//! MariaDB through the `mysql` crate: one connection (the store worker is
+//! the only user), session time zone UTC, `utf8mb4`, every value a bound
+//! parameter. Message and pending-row inserts are multi-row statements in
+//! power-of-two chunk sizes, so a handful of prepared statements stay
+//! cached; their ids are `LAST_INSERT_ID() + k * @@auto_increment_increment`,
+//! which InnoDB guarantees for one multi-row INSERT unless
+//! `innodb_autoinc_lock_mode = 2`, where we insert row by row.
+//!
+//! Failure model (ARCHITECTURE.md, "What survives what"): every socket
+//! operation has a deadline ([`Timeouts`], set with the Go driver's DSN
+//! parameters `timeout`, `readTimeout` and `writeTimeout`), so a database
+//! that stops answering (a network black hole) costs a bounded wait, never
+//! a hang. After any error the connection is dropped, unreturned: nothing
+//! more is sent on it that could wait for an answer, and the next batch
+//! connects afresh.
 
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Value};
+use mysql::{Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Value};
 use whelm_shared::dm_channel_id;
 use whelm_shared::line::{Status, UserId};
 
@@ -44,17 +53,107 @@ const SCHEMA: [&str; 3] = [
 /// Largest multi-row INSERT (rows).
 const MAX_CHUNK: usize = 256;
 
-/// Builds connection options from a DSN.
+/// Deadlines of one connection's socket operations. Defaults: 3 s to
+/// connect, 5 s for any read or write (a handshake, a statement's answer, a
+/// COMMIT): far above what a healthy server needs for this store's small
+/// statements, short enough that a MSG waiting behind a dead database gets
+/// its `ERROR` within seconds. A DSN overrides them with the Go driver's
+/// parameters: `timeout` (connect), `readTimeout`, `writeTimeout`, each a
+/// Go duration such as `2s`, `500ms` or `1m30s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Each read (handshake, result, COMMIT's OK).
+    pub read: Duration,
+    /// Each write.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            read: Duration::from_secs(5),
+            write: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Longest deadline a DSN may set (a deadline is there to be reached).
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Timeouts {
+    /// The defaults with the DSN's `timeout`, `readTimeout` and
+    /// `writeTimeout` parameters applied.
+    pub fn from_dsn(dsn: &MysqlDsn) -> Result<Timeouts, StoreError> {
+        let mut t = Timeouts::default();
+        for (k, v) in &dsn.params {
+            let slot = match k.as_str() {
+                "timeout" => &mut t.connect,
+                "readTimeout" => &mut t.read,
+                "writeTimeout" => &mut t.write,
+                _ => continue,
+            };
+            *slot = match parse_go_duration(v) {
+                Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => d,
+                _ => {
+                    return Err(StoreError::Other(format!(
+                        "invalid {k}={v:?} in the MariaDB DSN: want a duration from 1ms \
+                         to 1h such as 5s, 500ms or 1m30s"
+                    )));
+                }
+            };
+        }
+        Ok(t)
+    }
+}
+
+/// A Go `time.Duration` string (`1h2m3.5s`, `250ms`): numbers with
+/// fractions, each followed by `h`, `m`, `s`, `ms`, `us` or `ns`.
+fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "\u{b5}s" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+/// Builds connection options from a DSN (its timeout parameters, or the
+/// defaults when one does not parse: [`MysqlStore::connect`] refuses those).
 pub fn opts(dsn: &MysqlDsn, max_conns: usize) -> Opts {
+    let t = Timeouts::from_dsn(dsn).unwrap_or_default();
     let constraints = PoolConstraints::new(1, max_conns.max(1)).unwrap_or_default();
     let mut b = OptsBuilder::new()
         .user(Some(dsn.user.clone()).filter(|u| !u.is_empty()))
         .pass(dsn.password.clone())
         .db_name(Some(dsn.database.clone()))
         .tcp_port(dsn.port)
-        .tcp_connect_timeout(Some(Duration::from_secs(3)))
-        .read_timeout(Some(Duration::from_secs(30)))
-        .write_timeout(Some(Duration::from_secs(30)))
+        .tcp_connect_timeout(Some(t.connect))
+        .read_timeout(Some(t.read))
+        .write_timeout(Some(t.write))
         .tcp_nodelay(true)
         .prefer_socket(false)
         .stmt_cache_size(64)
@@ -69,10 +168,13 @@ pub fn opts(dsn: &MysqlDsn, max_conns: usize) -> Opts {
 
 /// MariaDB.
 pub struct MysqlStore {
-    pool: Pool,
-    /// The connection of the current batch; dropped after an error so the
-    /// next batch starts on a fresh one.
-    conn: Option<PooledConn>,
+    opts: Opts,
+    /// The deadlines in `opts`, for error messages.
+    timeouts: Timeouts,
+    /// The connection; `None` after an error, so the next batch starts on
+    /// a fresh one (a connection that failed once, e.g. timed out halfway
+    /// through an answer, is never trusted again).
+    conn: Option<Conn>,
     describe: String,
     /// Multi-row inserts give consecutive ids (lock mode 0 or 1).
     multi_row: bool,
@@ -81,16 +183,19 @@ pub struct MysqlStore {
 }
 
 impl MysqlStore {
-    /// Connects (failing at once when MariaDB cannot be reached).
+    /// Connects (failing at once when MariaDB cannot be reached or the
+    /// DSN's timeouts do not parse).
     pub fn connect(dsn: &MysqlDsn) -> Result<MysqlStore, StoreError> {
-        let pool = Pool::new(opts(dsn, 4))?;
-        let mut conn = pool.get_conn()?;
+        let timeouts = Timeouts::from_dsn(dsn)?;
+        let opts = opts(dsn, 1);
+        let mut conn = Conn::new(opts.clone())?;
         let (mode, inc): (Option<i64>, Option<i64>) = conn
             .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")?
             .unwrap_or((None, None));
         let multi_row = mode.is_some_and(|m| m != 2);
         Ok(MysqlStore {
-            pool,
+            opts,
+            timeouts,
             conn: Some(conn),
             describe: dsn.to_string(),
             multi_row,
@@ -98,9 +203,11 @@ impl MysqlStore {
         })
     }
 
-    fn conn(&mut self) -> Result<&mut PooledConn, StoreError> {
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get_conn()?);
+            let c = Conn::new(self.opts.clone()).map_err(|e| self.error(e))?;
+            tracing::debug!(store = self.describe, "connected");
+            self.conn = Some(c);
         }
         self.conn
             .as_mut()
@@ -110,13 +217,29 @@ impl MysqlStore {
     /// Runs `f` on the connection, dropping it after an error.
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut PooledConn) -> Result<T, mysql::Error>,
+        f: impl FnOnce(&mut Conn) -> Result<T, mysql::Error>,
     ) -> Result<T, StoreError> {
         let r = f(self.conn()?);
-        if r.is_err() {
+        r.map_err(|e| {
             self.conn = None;
+            self.error(e)
+        })
+    }
+
+    /// A socket deadline that passed becomes [`StoreError::NoAnswer`] (the
+    /// driver reports it as a bare `EAGAIN`).
+    fn error(&self, e: mysql::Error) -> StoreError {
+        match e {
+            mysql::Error::IoError(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                StoreError::NoAnswer(self.timeouts.read.max(self.timeouts.write))
+            }
+            e => e.into(),
         }
-        Ok(r?)
     }
 
     fn chunk_sizes(&self, mut n: usize) -> Vec<usize> {
@@ -363,7 +486,49 @@ impl Store for MysqlStore {
 
 #[cfg(test)]
 mod tests {
-    use super::values_sql;
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::{Timeouts, parse_go_duration, values_sql};
+    use crate::dsn::MysqlDsn;
+
+    #[test]
+    fn go_durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_go_duration("5s"), Some(ms(5000)));
+        assert_eq!(parse_go_duration("500ms"), Some(ms(500)));
+        assert_eq!(parse_go_duration("1m30s"), Some(ms(90_000)));
+        assert_eq!(parse_go_duration("1.5h"), Some(ms(5_400_000)));
+        assert_eq!(parse_go_duration("2.5s"), Some(ms(2500)));
+        for bad in ["", "5", "s", "5x", "-1s", "1s-", "5 s", "1e3s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_from_dsn_parameters() {
+        let t = |s: &str| Timeouts::from_dsn(&MysqlDsn::parse(s).unwrap());
+        assert_eq!(t("u@tcp(h)/w?parseTime=true").unwrap(), Timeouts::default());
+        let got = t("u@tcp(h)/w?timeout=1s&readTimeout=2500ms&writeTimeout=1m").unwrap();
+        assert_eq!(
+            got,
+            Timeouts {
+                connect: Duration::from_secs(1),
+                read: Duration::from_millis(2500),
+                write: Duration::from_secs(60),
+            }
+        );
+        for bad in [
+            "readTimeout=0s",
+            "timeout=abc",
+            "writeTimeout=2h",
+            "readTimeout=",
+        ] {
+            let e = t(&format!("mysql://u@h/w?{bad}")).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
+    }
 
     #[test]
     fn multi_row_sql() {

@@ -57,14 +57,40 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// `e` as a [`StoreError`], with the system call's error behind it when
+    /// SQLite kept one (`ENOSPC`, `EROFS`, `EIO`, `EFBIG`, ...), so the log
+    /// says why a write failed, not only "disk I/O error".
+    fn fail(&self, e: rusqlite::Error) -> StoreError {
+        if matches!(e, rusqlite::Error::SqliteFailure(..)) {
+            // SAFETY: the handle is this open connection's, used only on
+            // this thread (the store worker owns the store), and
+            // `sqlite3_system_errno` only reads the errno saved with its
+            // last error.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(self.conn.handle()) };
+            if errno != 0 {
+                return StoreError::SqliteOs {
+                    error: e,
+                    os: std::io::Error::from_raw_os_error(errno),
+                };
+            }
+        }
+        StoreError::Sqlite(e)
+    }
+
+    /// Runs `f` on the connection, errors through [`SqliteStore::fail`].
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        f(&self.conn).map_err(|e| self.fail(e))
+    }
+}
+
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch(SCHEMA)?;
-        Ok(())
+        self.with(|c| c.execute_batch(SCHEMA))
     }
 
     fn add_user(&mut self, username: &str, token: &str) -> Result<UserId, StoreError> {
@@ -80,62 +106,72 @@ impl Store for SqliteStore {
             {
                 Err(StoreError::UserExists(username.to_owned()))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
     fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
-        let mut st = self.conn.prepare(
-            "SELECT id, username, COALESCE(status, ''), CAST(last_seen AS TEXT) FROM users ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(UserRow {
-                id: r.get(0)?,
-                username: r.get(1)?,
-                status: r.get(2)?,
-                last_seen: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, username, COALESCE(status, ''), CAST(last_seen AS TEXT) FROM users ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(UserRow {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    status: r.get(2)?,
+                    last_seen: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+        // A transaction still open here is one whose ROLLBACK failed (an
+        // I/O error): end it first, or every batch from now on would fail
+        // with "cannot start a transaction within a transaction".
+        if !self.conn.is_autocommit() {
+            self.with(|c| c.execute_batch("ROLLBACK"))?;
+        }
+        self.with(|c| c.execute_batch("BEGIN IMMEDIATE"))
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+        self.with(|c| c.execute_batch("COMMIT"))
     }
 
     fn rollback(&mut self) {
-        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-            tracing::debug!(error = %e, "rollback");
+        if self.conn.is_autocommit() {
+            // SQLite already rolled the transaction back (an I/O error or
+            // SQLITE_FULL during COMMIT can end it).
+            return;
+        }
+        if let Err(e) = self.with(|c| c.execute_batch("ROLLBACK")) {
+            tracing::warn!(error = %e, store = self.describe(), "rollback failed");
         }
     }
 
     fn user_by_token(&mut self, token: &str) -> Result<Option<UserRecord>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id, username FROM users WHERE session_token = ?1")?;
-        let row: Option<(i64, String)> = st
-            .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let row: Option<(i64, String)> = self.with(|c| {
+            c.prepare_cached("SELECT id, username FROM users WHERE session_token = ?1")?
+                .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })?;
         Ok(row.and_then(|(id, username)| db_user_id(id).map(|id| UserRecord { id, username })))
     }
 
     fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
-        let mut found = Vec::new();
-        for &id in ids {
-            if st.exists([id.get() as i64])? {
-                found.push(id);
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+            let mut found = Vec::new();
+            for &id in ids {
+                if st.exists([id.get() as i64])? {
+                    found.push(id);
+                }
             }
-        }
-        Ok(found)
+            Ok(found)
+        })
     }
 
     fn set_presence(
@@ -144,25 +180,26 @@ impl Store for SqliteStore {
         status: Option<Status>,
         at: &Stamp,
     ) -> Result<(), StoreError> {
-        match status {
-            Some(s) => {
-                let mut st = self
-                    .conn
-                    .prepare_cached("UPDATE users SET status = ?1, last_seen = ?2 WHERE id = ?3")?;
-                for u in users {
-                    st.execute(params![s.as_str(), at.db, u.get() as i64])?;
+        self.with(|c| {
+            match status {
+                Some(s) => {
+                    let mut st = c.prepare_cached(
+                        "UPDATE users SET status = ?1, last_seen = ?2 WHERE id = ?3",
+                    )?;
+                    for u in users {
+                        st.execute(params![s.as_str(), at.db, u.get() as i64])?;
+                    }
+                }
+                None => {
+                    let mut st =
+                        c.prepare_cached("UPDATE users SET last_seen = ?1 WHERE id = ?2")?;
+                    for u in users {
+                        st.execute(params![at.db, u.get() as i64])?;
+                    }
                 }
             }
-            None => {
-                let mut st = self
-                    .conn
-                    .prepare_cached("UPDATE users SET last_seen = ?1 WHERE id = ?2")?;
-                for u in users {
-                    st.execute(params![at.db, u.get() as i64])?;
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn insert_messages(
@@ -170,64 +207,66 @@ impl Store for SqliteStore {
         msgs: &[NewMessage<'_>],
         at: &Stamp,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO messages (sender_id, channel_id, content, timestamp) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut ids = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let ch = dm_channel_id(m.sender.get(), m.recipient.get());
-            st.execute(params![m.sender.get() as i64, ch, m.content, at.db])?;
-            ids.push(self.conn.last_insert_rowid());
-        }
-        Ok(ids)
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "INSERT INTO messages (sender_id, channel_id, content, timestamp) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut ids = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let ch = dm_channel_id(m.sender.get(), m.recipient.get());
+                st.execute(params![m.sender.get() as i64, ch, m.content, at.db])?;
+                ids.push(c.last_insert_rowid());
+            }
+            Ok(ids)
+        })
     }
 
     fn add_pending(&mut self, rows: &[(UserId, i64)]) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT OR IGNORE INTO whelm_pending (recipient_id, message_id) VALUES (?1, ?2)",
-        )?;
-        for (u, id) in rows {
-            st.execute(params![u.get() as i64, id])?;
-        }
-        Ok(())
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "INSERT OR IGNORE INTO whelm_pending (recipient_id, message_id) VALUES (?1, ?2)",
+            )?;
+            for (u, id) in rows {
+                st.execute(params![u.get() as i64, id])?;
+            }
+            Ok(())
+        })
     }
 
     fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT m.id, m.sender_id, m.content,
-                    COALESCE(strftime('%Y-%m-%dT%H:%M:%SZ', m.timestamp), '')
-             FROM whelm_pending p JOIN messages m ON m.id = p.message_id
-             WHERE p.recipient_id = ?1 ORDER BY m.id",
-        )?;
-        let rows = st.query_map([user.get() as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
+        let rows: Vec<(i64, i64, String, String)> = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT m.id, m.sender_id, m.content,
+                        COALESCE(strftime('%Y-%m-%dT%H:%M:%SZ', m.timestamp), '')
+                 FROM whelm_pending p JOIN messages m ON m.id = p.message_id
+                 WHERE p.recipient_id = ?1 ORDER BY m.id",
+            )?;
+            let rows = st.query_map([user.get() as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect()
         })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, sender, content, timestamp) = row?;
-            if let Some(sender) = db_user_id(sender) {
-                out.push(StoredMessage {
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, sender, content, timestamp)| {
+                Some(StoredMessage {
                     id,
-                    sender,
+                    sender: db_user_id(sender)?,
                     recipient: user,
                     content,
                     timestamp,
-                });
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "DELETE FROM whelm_pending WHERE recipient_id = ?1 AND message_id <= ?2",
-        )?;
-        st.execute(params![user.get() as i64, upto])?;
-        Ok(())
+        self.with(|c| {
+            c.prepare_cached(
+                "DELETE FROM whelm_pending WHERE recipient_id = ?1 AND message_id <= ?2",
+            )?
+            .execute(params![user.get() as i64, upto])?;
+            Ok(())
+        })
     }
 }

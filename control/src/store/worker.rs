@@ -5,7 +5,19 @@
 //!
 //! Any failure inside a batch rolls the whole batch back and answers every
 //! job in it with a failure, so an `OK MSG` is only ever sent for a message
-//! whose commit succeeded.
+//! whose commit succeeded: a COMMIT whose answer never came (the connection
+//! died or timed out under it) counts as failed, although the database may
+//! have applied it. A client sees `ERROR` and may send again; an
+//! acknowledged message is never missing.
+//!
+//! When the database is unreachable or stops answering
+//! ([`StoreError::is_unavailable`]), waiting out a connect or read timeout
+//! for every batch would make each `MSG` wait seconds for its `ERROR` and
+//! let the queue grow. The worker instead marks the store down: batches
+//! fail at once, without touching it, until the next retry, 200 ms after
+//! the failure and doubling up to 1 s; the first batch after that tries
+//! for real (the backend reconnects), so the store is back within about a
+//! second of the database. Going down and coming back are logged once each.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +32,18 @@ use super::{NewMessage, Stamp, Store, StoreError};
 use crate::jobs::{Input, MsgFailure, MsgJob, StoreJob, StoreResult, StoredMessage};
 use crate::metrics::Metrics;
 
+/// First wait after the store went down before it is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between tries while it stays down.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The store is unreachable: since when, and when to try again.
+struct Down {
+    since: Instant,
+    wait: Duration,
+    retry_at: Instant,
+}
+
 /// Runs jobs until the job channel closes; answers go to `answers`. Each
 /// transaction's latency and failure is recorded in `metrics`.
 pub fn run(
@@ -32,6 +56,7 @@ pub fn run(
     let mut errors = RateLimited::new(Duration::from_secs(10));
     let batch_max = batch_max.max(1);
     let mut batch = Vec::with_capacity(batch_max);
+    let mut down: Option<Down> = None;
     while let Ok(first) = jobs.recv() {
         batch.push(first);
         while batch.len() < batch_max {
@@ -40,22 +65,66 @@ pub fn run(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let (results, failed) =
-            try_batch(store.as_mut(), std::mem::take(&mut batch), &Stamp::now());
-        metrics.store_latency.observe(started.elapsed());
-        if let Some((e, n)) = failed {
-            metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-            if let Some(held) = errors.allow(Instant::now()) {
-                tracing::warn!(error = %e, store = store.describe(), jobs = n,
-                    similar_errors_not_logged = held, "store batch failed");
+        let results = match &down {
+            Some(d) if Instant::now() < d.retry_at => {
+                // Down: fail at once, without waiting on the database.
+                metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                std::mem::take(&mut batch)
+                    .into_iter()
+                    .filter_map(failure)
+                    .collect()
             }
-        }
+            _ => {
+                let started = Instant::now();
+                let (results, failed) =
+                    try_batch(store.as_mut(), std::mem::take(&mut batch), &Stamp::now());
+                metrics.store_latency.observe(started.elapsed());
+                let now = Instant::now();
+                match failed {
+                    Some((e, n)) => {
+                        metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                        let went_down = e.is_unavailable() && down.is_none();
+                        if e.is_unavailable() {
+                            let d = down.get_or_insert(Down {
+                                since: now,
+                                wait: RETRY_FIRST / 2,
+                                retry_at: now,
+                            });
+                            d.wait = (d.wait * 2).min(RETRY_MAX);
+                            d.retry_at = now + d.wait;
+                        } else {
+                            back_up(&mut down, &*store);
+                        }
+                        if went_down {
+                            tracing::error!(error = %e, store = store.describe(), jobs = n,
+                                "store unavailable: failing its jobs at once (MSG gets ERROR) \
+                                 and trying it again every second at most");
+                        } else if let Some(held) = errors.allow(now) {
+                            tracing::warn!(error = %e, store = store.describe(), jobs = n,
+                                similar_errors_not_logged = held, "store batch failed");
+                        }
+                    }
+                    None => back_up(&mut down, &*store),
+                }
+                results
+            }
+        };
         for r in results {
             if answers.send(Input::Store(r)).is_err() {
                 return;
             }
         }
+    }
+}
+
+/// The store answered: leaves the down state, saying so once.
+fn back_up(down: &mut Option<Down>, store: &dyn Store) {
+    if let Some(d) = down.take() {
+        tracing::warn!(
+            store = store.describe(),
+            down_for_ms = d.since.elapsed().as_millis() as u64,
+            "store reachable again"
+        );
     }
 }
 
@@ -228,4 +297,171 @@ fn insert_run(
         store.add_pending(&pending)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::jobs::{SessionId, UserRecord};
+    use crate::store::UserRow;
+
+    /// How the fake database behaves, and what was asked of it.
+    #[derive(Default)]
+    struct State {
+        /// `begin` fails as an unreachable database does.
+        unreachable: bool,
+        /// `commit` fails as a COMMIT whose answer never came.
+        commit_lost: bool,
+        begins: usize,
+        next_id: i64,
+    }
+
+    struct Fake(Arc<Mutex<State>>);
+
+    impl Store for Fake {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn migrate(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn add_user(&mut self, _: &str, _: &str) -> Result<UserId, StoreError> {
+            Err(StoreError::Other("no".into()))
+        }
+        fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn begin(&mut self) -> Result<(), StoreError> {
+            let mut s = self.0.lock().unwrap();
+            s.begins += 1;
+            if s.unreachable {
+                Err(StoreError::NoAnswer(Duration::from_secs(5)))
+            } else {
+                Ok(())
+            }
+        }
+        fn commit(&mut self) -> Result<(), StoreError> {
+            if self.0.lock().unwrap().commit_lost {
+                Err(StoreError::NoAnswer(Duration::from_secs(5)))
+            } else {
+                Ok(())
+            }
+        }
+        fn rollback(&mut self) {}
+        fn user_by_token(&mut self, _: &str) -> Result<Option<UserRecord>, StoreError> {
+            Ok(None)
+        }
+        fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+            Ok(ids.to_vec())
+        }
+        fn set_presence(
+            &mut self,
+            _: &[UserId],
+            _: Option<Status>,
+            _: &Stamp,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn insert_messages(
+            &mut self,
+            msgs: &[NewMessage<'_>],
+            _: &Stamp,
+        ) -> Result<Vec<i64>, StoreError> {
+            let mut s = self.0.lock().unwrap();
+            Ok(msgs
+                .iter()
+                .map(|_| {
+                    s.next_id += 1;
+                    s.next_id
+                })
+                .collect())
+        }
+        fn add_pending(&mut self, _: &[(UserId, i64)]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn pending_for(&mut self, _: UserId) -> Result<Vec<StoredMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn mark_delivered(&mut self, _: UserId, _: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn msg(seq: u64) -> StoreJob {
+        let u = |v| UserId::new(v).unwrap();
+        StoreJob::Msg(MsgJob {
+            session: SessionId(1),
+            seq,
+            sender: u(1),
+            recipient: u(2),
+            content: format!("m{seq}"),
+            pending: false,
+            check_recipient: false,
+        })
+    }
+
+    /// `Some(true)` for a stored MSG, `Some(false)` for a failed one.
+    fn stored(i: Input) -> Option<bool> {
+        match i {
+            Input::Store(StoreResult::Msg { result, .. }) => Some(result.is_ok()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_commit_without_answer_acknowledges_nothing() {
+        let state = Arc::new(Mutex::new(State {
+            commit_lost: true,
+            ..State::default()
+        }));
+        let mut fake = Fake(state);
+        let jobs = (0..5).map(msg).collect();
+        let results = run_batch(&mut fake, jobs, &Stamp::now());
+        assert_eq!(results.len(), 5);
+        for r in results {
+            assert!(
+                matches!(
+                    r,
+                    StoreResult::Msg {
+                        result: Err(MsgFailure::Database),
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_fails_jobs_at_once_then_is_retried() {
+        let state = Arc::new(Mutex::new(State {
+            unreachable: true,
+            ..State::default()
+        }));
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let (ans_tx, ans_rx) = crossbeam_channel::unbounded();
+        let store = Box::new(Fake(state.clone()));
+        let worker = std::thread::spawn(move || {
+            run(store, job_rx, ans_tx, 16, Arc::new(Metrics::default()));
+        });
+        let answer = || stored(ans_rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        job_tx.send(msg(1)).unwrap();
+        assert_eq!(answer(), Some(false));
+        // Down: the next batch fails without a try.
+        job_tx.send(msg(2)).unwrap();
+        assert_eq!(answer(), Some(false));
+        assert_eq!(state.lock().unwrap().begins, 1);
+        // The database is back; after the retry wait the store is tried.
+        state.lock().unwrap().unreachable = false;
+        std::thread::sleep(RETRY_FIRST + Duration::from_millis(50));
+        job_tx.send(msg(3)).unwrap();
+        assert_eq!(answer(), Some(true));
+        assert_eq!(state.lock().unwrap().begins, 2);
+        drop(job_tx);
+        worker.join().unwrap();
+    }
 }
