@@ -105,6 +105,15 @@ pub struct Users {
 impl Users {
     /// An empty store in a new temporary directory.
     pub fn new(control_bin: &Path) -> anyhow::Result<Users> {
+        Users::with_db(control_bin, None)
+    }
+
+    /// Users in `db` (a SQLite path or a MariaDB DSN, as whelm-control's
+    /// `--db` takes it; None: a new SQLite file in the temporary
+    /// directory). The temporary directory (relay command socket, and the
+    /// SQLite file when none is given) goes when dropped; a given store
+    /// stays.
+    pub fn with_db(control_bin: &Path, db: Option<&str>) -> anyhow::Result<Users> {
         let nonce = crate::clock::real_ns();
         let dir = std::env::temp_dir().join(format!(
             "whelm-bench-calls-{}-{nonce:x}",
@@ -112,7 +121,7 @@ impl Users {
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Users {
-            db: dir.join("whelm.db"),
+            db: db.map_or_else(|| dir.join("whelm.db"), PathBuf::from),
             dir,
             tokens: Vec::new(),
             control_bin: control_bin.to_path_buf(),
@@ -181,6 +190,17 @@ pub fn has_flag(bin: &Path, flag: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// What a scenario adds to the stack [`start_stack`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct StackExtras {
+    /// More whelm-relay arguments (e.g. `--reply-to source` for OVP
+    /// stations sharing one host).
+    pub relay_args: Vec<String>,
+    /// Control connections beyond the calls' two each (its
+    /// `--max-connections`).
+    pub extra_connections: usize,
+}
+
 /// Starts whelm-relay (`engine`, `cores`, no bandwidth limit) and
 /// whelm-control on it, limits sized for `calls`.
 pub fn start_stack(
@@ -191,6 +211,27 @@ pub fn start_stack(
     users: &Users,
     calls: usize,
 ) -> anyhow::Result<Stack> {
+    start_stack_with(
+        relay_bin,
+        control_bin,
+        engine,
+        cores,
+        users,
+        calls,
+        &StackExtras::default(),
+    )
+}
+
+/// As [`start_stack`], with the scenario's `extras`.
+pub fn start_stack_with(
+    relay_bin: &Path,
+    control_bin: &Path,
+    engine: &str,
+    cores: &str,
+    users: &Users,
+    calls: usize,
+    extras: &StackExtras,
+) -> anyhow::Result<Stack> {
     let sock = users
         .dir()
         .join(format!("relay-{}.sock", crate::clock::mono_ns()));
@@ -200,7 +241,8 @@ pub fn start_stack(
         .args(["--engine", engine, "--cores", cores])
         .args(["--bandwidth-mbps", "0", "--stats-interval", "3600"])
         .arg("--control-socket")
-        .arg(&sock);
+        .arg(&sock)
+        .args(&extras.relay_args);
     if has_flag(relay_bin, "--metrics-listen") {
         cmd.args(["--metrics-listen", "off"]);
     }
@@ -220,7 +262,10 @@ pub fn start_stack(
         .arg(&sock)
         .args(["--max-conns-per-ip", "0", "--rate-limit", "0"])
         .args(["--max-calls", &(calls + 16).to_string()])
-        .args(["--max-connections", &(2 * calls + 64).to_string()]);
+        .args([
+            "--max-connections",
+            &(2 * calls + 64 + extras.extra_connections).to_string(),
+        ]);
     if has_flag(control_bin, "--metrics-listen") {
         cmd.args(["--metrics-listen", "off"]);
     }
@@ -234,28 +279,65 @@ pub fn start_stack(
 }
 
 /// One control session: a buffered reader and the stream to write to.
-struct Session {
+pub(crate) struct Session {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
-    user: u64,
+    /// The user id from `OK AUTH` (0 until [`Session::auth`]).
+    pub(crate) user: u64,
 }
 
 impl Session {
-    fn send(&mut self, line: &str) -> anyhow::Result<()> {
+    /// Connects to `control` and sends `AUTH token` (the reply is read by
+    /// [`Session::auth`]).
+    pub(crate) fn connect(control: SocketAddrV4, token: &str) -> anyhow::Result<Session> {
+        let s = TcpStream::connect_timeout(&control.into(), Duration::from_secs(5))
+            .with_context(|| format!("connecting to {control}"))?;
+        s.set_nodelay(true).context("TCP_NODELAY")?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .context("read timeout")?;
+        let writer = s.try_clone().context("cloning a session")?;
+        let mut sess = Session {
+            reader: BufReader::new(s),
+            writer,
+            user: 0,
+        };
+        sess.send(
+            &Line::Auth {
+                token: token.to_string(),
+            }
+            .to_line(),
+        )?;
+        Ok(sess)
+    }
+
+    /// Waits for `OK AUTH`; keeps and returns the user id.
+    pub(crate) fn auth(&mut self) -> anyhow::Result<u64> {
+        self.user = self.expect("OK AUTH", |r| match r {
+            Reply::OkAuth { user, .. } => Some(user.get()),
+            _ => None,
+        })?;
+        Ok(self.user)
+    }
+
+    pub(crate) fn send(&mut self, line: &str) -> anyhow::Result<()> {
         self.writer
             .write_all(format!("{line}\n").as_bytes())
             .context("writing to control")
     }
 
-    /// Reads lines until `want` picks one (others are skipped).
-    fn expect<T>(&mut self, what: &str, want: impl Fn(&Reply) -> Option<T>) -> anyhow::Result<T> {
+    /// Reads lines until `want` picks one (others are skipped; an `ERROR`
+    /// line that `want` does not pick fails).
+    pub(crate) fn expect<T>(
+        &mut self,
+        what: &str,
+        want: impl Fn(&Reply) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut line = String::new();
         loop {
             if Instant::now() > deadline {
                 bail!("user {}: no {what} within {REPLY_TIMEOUT:?}", self.user);
             }
-            line.clear();
             match self.reader.read_line(&mut line) {
                 Ok(0) => bail!(
                     "user {}: control closed the session waiting for {what}",
@@ -274,7 +356,10 @@ impl Session {
                         }
                         Err(_) => bail!("user {}: unparsable reply {text:?}", self.user),
                     }
+                    line.clear();
                 }
+                // A timeout may leave part of a line in `line`: kept, and
+                // the next read completes it.
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e).context("reading from control"),
             }
@@ -312,25 +397,10 @@ pub fn set_up_calls(
     }
     let mut sessions = Vec::with_capacity(n);
     for (i, t) in tokens[..n].iter().enumerate() {
-        let s = TcpStream::connect_timeout(&control.into(), Duration::from_secs(5))
-            .with_context(|| format!("session {i}: connecting to {control}"))?;
-        s.set_nodelay(true).context("TCP_NODELAY")?;
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .context("read timeout")?;
-        let writer = s.try_clone().context("cloning a session")?;
-        let mut sess = Session {
-            reader: BufReader::new(s),
-            writer,
-            user: 0,
-        };
-        sess.send(&Line::Auth { token: t.clone() }.to_line())?;
-        sessions.push(sess);
+        sessions.push(Session::connect(control, t).with_context(|| format!("session {i}"))?);
     }
     for s in &mut sessions {
-        s.user = s.expect("OK AUTH", |r| match r {
-            Reply::OkAuth { user, .. } => Some(user.get()),
-            _ => None,
-        })?;
+        s.auth()?;
     }
     let ids: Vec<u64> = sessions.iter().map(|s| s.user).collect();
     let uid = |v: u64| UserId::new(v).with_context(|| format!("user id {v}"));

@@ -12,7 +12,7 @@ use whelm_shared::ovp::StationId;
 use crate::pin;
 use crate::scenario::{OvpScenario, TargetSpec};
 use crate::station::{self, StationOptions};
-use crate::{calls, capacity, client, forwarder, im, scenario};
+use crate::{calls, capacity, client, forwarder, im, scenario, soak};
 use whelm_shared::station::InnerAddressing;
 
 /// Load harness (real relay and control processes over loopback, ratios to a
@@ -48,6 +48,26 @@ enum Command {
     Capacity(CapacityArgs),
     /// Instant messages through the real whelm-control with the chosen store.
     Im(ImArgs),
+    /// Long run (30 min by default) of whelm-relay and whelm-control under
+    /// a steady mixed load, with a pass/fail verdict.
+    ///
+    /// Starts both (SQLite store in a temporary directory unless --db) and,
+    /// until the end, runs concurrently: call churn (each pair of users:
+    /// CALL, ACCEPT, HELLO, sequence-numbered voice both ways for --hold
+    /// seconds, HANGUP, again), MSG at a steady rate between online users,
+    /// and an OVP conference. Prints a progress line every --interval
+    /// seconds (RSS of both, packets sent/received/lost, messages acked),
+    /// then a summary table and the verdict. Checks: after the warm-up each
+    /// process's RSS stays within --rss-tolerance of its value at the end
+    /// of the warm-up; every acknowledged message is in the store (SQLite
+    /// read back after control stops) and reached its recipient; every MSG
+    /// got OK MSG; voice and OVP loss each under --max-loss; no call error;
+    /// both processes alive to the end. Writes soak.json, summary.txt and
+    /// COMMAND to --out and exits non-zero when a check fails.
+    ///
+    /// Example: `whelm-bench soak --minutes 30`; `whelm-bench soak
+    /// --seconds 20 --calls 3` for a quick check.
+    Soak(SoakArgs),
     /// The baseline forwarder process (started by `baseline` and `ovp`).
     #[command(hide = true)]
     Forwarder(ForwarderArgs),
@@ -112,6 +132,81 @@ struct ImArgs {
     /// Directory for im-runs.jsonl.
     #[arg(long, default_value = "whelm-bench-report")]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Run length in minutes [default: 30].
+    #[arg(long, conflicts_with = "seconds")]
+    minutes: Option<u64>,
+    /// Run length in seconds, for short checks (instead of --minutes).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// RSS warm-up, seconds; the baseline is the RSS at its end
+    /// [default: 10% of the run, at most 60].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Seconds between progress lines (RSS is sampled every second).
+    #[arg(long, default_value_t = 5.0)]
+    interval: f64,
+    /// Concurrent calls of the churn (two users and one thread each).
+    #[arg(long, default_value_t = 20)]
+    calls: usize,
+    /// Voice datagrams/s per direction of a call (Opus 20 ms frames: 50).
+    #[arg(long, default_value_t = 50.0)]
+    pps: f64,
+    /// Seconds of voice per call before HANGUP.
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Pause between two calls of the same two users, ms.
+    #[arg(long, default_value_t = 200)]
+    gap_ms: u64,
+    /// Voice datagram length in bytes.
+    #[arg(long, default_value_t = 160)]
+    size: usize,
+    /// Message sender/recipient pairs (two sessions each, always online).
+    #[arg(long, default_value_t = 5)]
+    pairs: usize,
+    /// Messages/s over all senders.
+    #[arg(long, default_value_t = 10.0)]
+    msg_rate: f64,
+    /// OVP conference stations, all transmitting.
+    #[arg(long, default_value_t = 5)]
+    stations: usize,
+    /// OVP frames/s per station (PROTOCOLS.md: 25).
+    #[arg(long, default_value_t = 25.0)]
+    station_fps: f64,
+    /// Longest wait for a call's last datagrams before its HANGUP (and for
+    /// the conference's at the end), ms; what is still missing is lost.
+    #[arg(long, default_value_t = 2000)]
+    drain_ms: u64,
+    /// Largest allowed |RSS - baseline| / baseline after the warm-up.
+    #[arg(long, default_value_t = 0.05)]
+    rss_tolerance: f64,
+    /// Largest allowed loss ratio, voice and OVP each.
+    #[arg(long, default_value_t = 0.001)]
+    max_loss: f64,
+    /// Relay engine.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "mmsg"])]
+    engine: String,
+    /// Relay cores (--cores).
+    #[arg(long, default_value = "0")]
+    relay_cores: String,
+    /// The whelm-relay binary (default: next to this executable).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// The whelm-control binary (default: next to this executable).
+    #[arg(long)]
+    control_bin: Option<PathBuf>,
+    /// Store: SQLite path or MariaDB DSN (default: a temporary SQLite
+    /// file). Users named wbc... are added to it. Only a SQLite store is
+    /// read back for the message check.
+    #[arg(long)]
+    db: Option<String>,
+    /// Report directory for soak.json, summary.txt and COMMAND [default:
+    /// bench/reports/<UTC date>-soak-<length>, e.g. 2026-11-21-soak-30m].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -585,6 +680,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 control_bin,
                 db: a.db,
                 out: a.out,
+            })
+        }
+        Command::Soak(a) => {
+            let duration = match (a.minutes, a.seconds) {
+                (_, Some(s)) => Duration::from_secs(s),
+                (Some(m), None) => Duration::from_secs(m.saturating_mul(60)),
+                (None, None) => Duration::from_secs(30 * 60),
+            };
+            let warmup = match a.warmup {
+                Some(w) => secs(w, "--warmup")?,
+                None => soak::default_warmup(duration),
+            };
+            soak::run(&soak::SoakOptions {
+                duration,
+                warmup,
+                interval: secs(a.interval, "--interval")?.max(Duration::from_secs(1)),
+                calls: a.calls,
+                pps: a.pps,
+                hold: secs(a.hold, "--hold")?,
+                gap: Duration::from_millis(a.gap_ms.min(60_000)),
+                frame_len: a.size,
+                pairs: a.pairs,
+                msg_rate: a.msg_rate,
+                stations: a.stations,
+                station_fps: a.station_fps,
+                drain: Duration::from_millis(a.drain_ms.min(60_000)),
+                rss_tolerance: a.rss_tolerance,
+                max_loss: a.max_loss,
+                engine: a.engine,
+                relay_cores: a.relay_cores,
+                relay_bin: bin(a.relay_bin, "whelm-relay")?,
+                control_bin: bin(a.control_bin, "whelm-control")?,
+                db: a.db,
+                out: a.out.unwrap_or_else(|| soak::default_out(duration)),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
             })
         }
         Command::Forwarder(a) => {

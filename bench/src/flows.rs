@@ -15,6 +15,8 @@ const WINDOW: u64 = 64;
 pub struct Flow {
     /// Highest sequence number seen + 1; 0 = nothing seen yet.
     next: u64,
+    /// Lowest sequence number seen (valid once `next` > 0).
+    first: u64,
     /// Bit i: sequence number `next - 1 - i` was seen.
     seen: u64,
     /// Distinct packets received.
@@ -28,6 +30,11 @@ pub struct Flow {
 impl Flow {
     /// Accounts one arrival of sequence number `seq`.
     pub fn arrive(&mut self, seq: u64) {
+        self.first = if self.next == 0 {
+            seq
+        } else {
+            self.first.min(seq)
+        };
         if self.next == 0 || seq >= self.next {
             let shift = if self.next == 0 {
                 WINDOW
@@ -56,6 +63,36 @@ impl Flow {
             self.reordered += 1;
         }
     }
+
+    /// Sequence numbers between the lowest and the highest seen that have
+    /// not arrived: lost, or still overtaken (a running lower bound of the
+    /// loss; packets after the highest one seen are not counted).
+    pub fn gaps(&self) -> u64 {
+        if self.next == 0 {
+            return 0;
+        }
+        (self.next - self.first).saturating_sub(self.received)
+    }
+}
+
+/// A flow that lost packets: where in its sequence the loss was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LossyFlow {
+    /// Sender index.
+    pub sender: usize,
+    /// Receiver index.
+    pub receiver: usize,
+    /// Measured packets the sender sent.
+    pub sent: u64,
+    /// Distinct ones received.
+    pub received: u64,
+    /// Lowest sequence number received (None: nothing arrived).
+    pub first_seen: Option<u64>,
+    /// Highest sequence number received.
+    pub last_seen: Option<u64>,
+    /// Missing between those two ([`Flow::gaps`]); the rest of the loss
+    /// was before the first or after the last received packet.
+    pub gaps: u64,
 }
 
 /// Totals over flows.
@@ -109,6 +146,47 @@ impl FlowTable {
         self.flows.get(sender * self.receivers + receiver)
     }
 
+    /// Distinct packets received over all flows.
+    pub fn received(&self) -> u64 {
+        self.flows.iter().map(|f| f.received).sum()
+    }
+
+    /// [`Flow::gaps`] summed over all flows.
+    pub fn gaps(&self) -> u64 {
+        self.flows.iter().map(Flow::gaps).sum()
+    }
+
+    /// The expected flows that received fewer packets than were sent
+    /// (at most `max` of them), given the same arguments as
+    /// [`FlowTable::totals`].
+    pub fn lossy(
+        &self,
+        sent: &[u64],
+        expects: impl Fn(usize, usize) -> bool,
+        max: usize,
+    ) -> Vec<LossyFlow> {
+        let mut v = Vec::new();
+        for (s, &n) in sent.iter().enumerate() {
+            for r in 0..self.receivers {
+                let f = self.flow(s, r).copied().unwrap_or_default();
+                if v.len() >= max || !expects(s, r) || f.received >= n {
+                    continue;
+                }
+                let seen = f.next > 0;
+                v.push(LossyFlow {
+                    sender: s,
+                    receiver: r,
+                    sent: n,
+                    received: f.received,
+                    first_seen: seen.then_some(f.first),
+                    last_seen: seen.then(|| f.next - 1),
+                    gaps: f.gaps(),
+                });
+            }
+        }
+        v
+    }
+
     /// Totals, given how many measured packets each sender sent and which
     /// receivers should get a sender's packets.
     pub fn totals(&self, sent: &[u64], expects: impl Fn(usize, usize) -> bool) -> Totals {
@@ -144,6 +222,40 @@ mod tests {
         assert_eq!(f.received, 8);
         assert_eq!(f.reordered, 3);
         assert_eq!(f.duplicated, 3);
+    }
+
+    #[test]
+    fn gaps_count_what_a_later_packet_overtook() {
+        let mut f = Flow::default();
+        assert_eq!(f.gaps(), 0);
+        for s in [5, 6, 9] {
+            f.arrive(s);
+        }
+        assert_eq!(f.gaps(), 2, "7 and 8");
+        f.arrive(8);
+        assert_eq!(f.gaps(), 1);
+        f.arrive(4);
+        assert_eq!(f.gaps(), 1, "4 moved the start; 7 still missing");
+        let mut t = FlowTable::new(2, 1);
+        t.arrive(0, 0, 1);
+        t.arrive(0, 0, 3);
+        t.arrive(1, 0, 0);
+        assert_eq!((t.received(), t.gaps()), (3, 1));
+        let l = t.lossy(&[4, 1], |_, _| true, 10);
+        assert_eq!(
+            l,
+            [LossyFlow {
+                sender: 0,
+                receiver: 0,
+                sent: 4,
+                received: 2,
+                first_seen: Some(1),
+                last_seen: Some(3),
+                gaps: 1
+            }],
+            "sender 1 lost nothing"
+        );
+        assert!(t.lossy(&[4], |_, _| true, 0).is_empty());
     }
 
     #[test]

@@ -99,22 +99,66 @@ pub struct ImRecord {
     pub machine: Machine,
 }
 
-struct Conn {
-    stream: TcpStream,
+/// A non-blocking control connection with its own buffers (also the
+/// `soak` scenario's message sessions).
+pub(crate) struct Conn {
+    /// The connection (non-blocking).
+    pub(crate) stream: TcpStream,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
-    user_id: u64,
+    /// From `OK AUTH`.
+    pub(crate) user_id: u64,
     /// Send times of messages awaiting `OK MSG`, in order.
     pending_acks: VecDeque<(u64, bool)>,
 }
 
+/// Connects to `addr` and authenticates one connection per token
+/// (blocking, with timeouts); the connections are non-blocking after.
+pub(crate) fn connect_all(addr: SocketAddrV4, tokens: &[String]) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+            .with_context(|| format!("connection {i} to {addr}"))?;
+        s.set_nodelay(true).context("TCP_NODELAY")?;
+        let mut c = Conn {
+            stream: s,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            user_id: 0,
+            pending_acks: VecDeque::new(),
+        };
+        c.queue(&format!("AUTH {t}"));
+        c.stream.set_nonblocking(true).context("non-blocking")?;
+        c.flush()?;
+        conns.push(c);
+    }
+    let deadline = clock::mono_ns() + 10_000_000_000;
+    for (i, c) in conns.iter_mut().enumerate() {
+        while c.user_id == 0 {
+            if clock::mono_ns() > deadline {
+                bail!("connection {i}: no OK AUTH within 10 s");
+            }
+            for l in c.read_lines()? {
+                match Reply::parse(&l) {
+                    Ok(Reply::OkAuth { user, .. }) => c.user_id = user.get(),
+                    _ => bail!("connection {i}: {l:?} instead of OK AUTH"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(conns)
+}
+
 impl Conn {
-    fn queue(&mut self, line: &str) {
+    /// Appends `line` and a newline to the output buffer.
+    pub(crate) fn queue(&mut self, line: &str) {
         self.outbuf.extend_from_slice(line.as_bytes());
         self.outbuf.push(b'\n');
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
+    /// Writes what the socket takes of the output buffer.
+    pub(crate) fn flush(&mut self) -> anyhow::Result<()> {
         while !self.outbuf.is_empty() {
             match self.stream.write(&self.outbuf) {
                 Ok(0) => bail!("control closed a connection"),
@@ -130,7 +174,7 @@ impl Conn {
     }
 
     /// Reads what is there; returns complete lines.
-    fn read_lines(&mut self) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn read_lines(&mut self) -> anyhow::Result<Vec<String>> {
         let mut buf = [0u8; 16384];
         loop {
             match self.stream.read(&mut buf) {
@@ -306,39 +350,7 @@ fn one_run(
         .unwrap_or("unknown")
         .to_string();
 
-    // Connect and authenticate everyone (blocking, with timeouts).
-    let mut conns = Vec::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
-            .with_context(|| format!("connection {i} to {addr}"))?;
-        s.set_nodelay(true).context("TCP_NODELAY")?;
-        let mut c = Conn {
-            stream: s,
-            inbuf: Vec::new(),
-            outbuf: Vec::new(),
-            user_id: 0,
-            pending_acks: VecDeque::new(),
-        };
-        c.queue(&format!("AUTH {t}"));
-        c.stream.set_nonblocking(true).context("non-blocking")?;
-        c.flush()?;
-        conns.push(c);
-    }
-    let deadline = clock::mono_ns() + 10_000_000_000;
-    for (i, c) in conns.iter_mut().enumerate() {
-        while c.user_id == 0 {
-            if clock::mono_ns() > deadline {
-                bail!("connection {i}: no OK AUTH within 10 s");
-            }
-            for l in c.read_lines()? {
-                match Reply::parse(&l) {
-                    Ok(Reply::OkAuth { user, .. }) => c.user_id = user.get(),
-                    _ => bail!("connection {i}: {l:?} instead of OK AUTH"),
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    let mut conns = connect_all(addr, tokens)?;
 
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     for (i, c) in conns.iter().enumerate() {

@@ -46,6 +46,12 @@
 //!   and p99 bounds (doubling, then bisection, within a time budget).
 //! - [`im`]: instant messages through the real whelm-control and its
 //!   store: delivery and ack latency, loss, control CPU per message.
+//! - [`soak`]: relay + control for a long time under call churn
+//!   ([`calls`] sessions, [`voice_load`]), messages ([`im`] connections)
+//!   and an OVP conference ([`ovp_load`]); RSS from [`procstat`] against a
+//!   baseline, loss, acknowledged messages read back from the store; a
+//!   verdict. [`live`]: the running totals and stop request that long runs
+//!   share with the generators.
 //!
 //! Flow of a run: `cli` -> `scenario` -> (`children` starts the target) ->
 //! `ovp_load` (pinned generator/receiver thread using `udp`, `probe`,
@@ -62,6 +68,7 @@ pub mod flows;
 pub mod forwarder;
 pub mod im;
 pub mod latency;
+pub mod live;
 pub mod machine;
 pub mod ovp_load;
 pub mod pin;
@@ -70,6 +77,7 @@ pub mod procstat;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod station;
 pub mod station_tx;
 pub mod stats;

@@ -31,8 +31,9 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use whelm_shared::ovp::{self, FRAME_LEN, HEADER_LEN, StationId};
 
 use crate::clock::{self, RealtimeOffset};
-use crate::flows::{FlowTable, Totals};
+use crate::flows::{FlowTable, LossyFlow, Totals};
 use crate::latency::Latency;
+use crate::live::{Live, LiveSnapshot, Publisher};
 use crate::pin;
 use crate::probe::Probe;
 use crate::procstat;
@@ -112,7 +113,13 @@ pub struct Outcome {
     pub server_socket_drops: Option<u64>,
     /// Realtime clock moved against monotonic during the run, ns.
     pub clock_drift_ns: i64,
+    /// The first flows that lost packets (at most [`MAX_LOSSY_FLOWS`]),
+    /// to tell a gap from a lost head or tail.
+    pub lossy_flows: Vec<LossyFlow>,
 }
+
+/// Lossy flows an [`Outcome`] lists at most.
+pub const MAX_LOSSY_FLOWS: usize = 16;
 
 impl Outcome {
     /// Frames/s the generator achieved in the window.
@@ -174,6 +181,20 @@ pub fn run(
     target_pid: Option<u32>,
     progress: &(dyn Fn(f64) + Sync),
 ) -> anyhow::Result<Outcome> {
+    run_live(spec, stations, server, target_pid, progress, None)
+}
+
+/// As [`run`], also publishing running totals into `live` (every 250 ms
+/// and the exact totals after the drain) and ending the window early
+/// when `live.stop` is set (the `soak` scenario).
+pub fn run_live(
+    spec: &LoadSpec,
+    stations: &[LoadSocket],
+    server: SocketAddrV4,
+    target_pid: Option<u32>,
+    progress: &(dyn Fn(f64) + Sync),
+    live: Option<&Live>,
+) -> anyhow::Result<Outcome> {
     if stations.len() != spec.stations || spec.stations < 2 {
         bail!("a conference needs at least 2 stations, bound and counted alike");
     }
@@ -198,9 +219,13 @@ pub fn run(
     }
     let spec = spec.clone();
     std::thread::scope(|s| {
-        s.spawn(|| Generator::new(&spec, stations, server)?.run(target_pid, progress))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
+        s.spawn(|| {
+            let mut g = Generator::new(&spec, stations, server)?;
+            g.live = live.map(Publisher::new);
+            g.run(target_pid, progress)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
     })
 }
 
@@ -224,6 +249,8 @@ struct Generator<'a> {
     bufs: Vec<Vec<u8>>,
     /// Measured arrivals, duplicates included (ends the drain early).
     arrivals: u64,
+    /// Running totals for a long scenario (None: not published).
+    live: Option<Publisher<'a>>,
 }
 
 /// Where the run is.
@@ -269,7 +296,26 @@ impl<'a> Generator<'a> {
             rb: RecvBatch::new(64, 2048),
             bufs: vec![vec![0u8; spec.frame_len]; spec.batch.max(1)],
             arrivals: 0,
+            live: None,
         })
+    }
+
+    /// Publishes the running totals (sequence gaps as the loss so far).
+    fn publish_running(&mut self) {
+        if let Some(p) = self.live.as_mut() {
+            let sent: u64 = self.sent_measured.iter().sum();
+            p.publish(LiveSnapshot {
+                sent,
+                expected: sent * (self.spec.stations as u64 - 1),
+                received: self.flows.received(),
+                lost: self.flows.gaps(),
+            });
+        }
+    }
+
+    /// Whether the scenario asked the run to end.
+    fn stopping(&self) -> bool {
+        self.live.as_ref().is_some_and(Publisher::stopping)
     }
 
     fn run(mut self, target_pid: Option<u32>, progress: &dyn Fn(f64)) -> anyhow::Result<Outcome> {
@@ -342,6 +388,10 @@ impl<'a> Generator<'a> {
             if now - last_progress > 250_000_000 {
                 last_progress = now;
                 progress((now - start) as f64 / total_ns as f64);
+                self.publish_running();
+                if self.stopping() {
+                    break;
+                }
             }
             let elapsed_s = (now - start) as f64 / 1e9;
             let mut behind = 0u64;
@@ -400,6 +450,17 @@ impl<'a> Generator<'a> {
             _ => None,
         };
         let totals = self.flows.totals(&self.sent_measured, |s, r| s != r);
+        let lossy_flows = self
+            .flows
+            .lossy(&self.sent_measured, |s, r| s != r, MAX_LOSSY_FLOWS);
+        if let Some(p) = self.live.as_mut() {
+            p.publish(LiveSnapshot {
+                sent: self.sent_measured.iter().sum(),
+                expected: totals.expected,
+                received: totals.received,
+                lost: totals.lost,
+            });
+        }
         let drift = self.offset.drift_ns(RealtimeOffset::measure());
         Ok(Outcome {
             sent_measured: self.sent_measured,
@@ -420,6 +481,7 @@ impl<'a> Generator<'a> {
             gen_wait_ns,
             server_socket_drops,
             clock_drift_ns: drift.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+            lossy_flows,
         })
     }
 

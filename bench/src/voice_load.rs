@@ -28,7 +28,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use crate::clock::{self, RealtimeOffset};
 use crate::flows::FlowTable;
 use crate::latency::Latency;
-use crate::ovp_load::Outcome;
+use crate::live::{Live, LiveSnapshot, Publisher};
+use crate::ovp_load::{MAX_LOSSY_FLOWS, Outcome};
 use crate::pin;
 use crate::probe::{PROBE_LEN, Probe};
 use crate::procstat;
@@ -80,6 +81,21 @@ pub fn run(
     target_pid: Option<u32>,
     progress: &(dyn Fn(f64) + Sync),
 ) -> anyhow::Result<Outcome> {
+    run_live(spec, parties, hello, server, target_pid, progress, None)
+}
+
+/// As [`run`], also publishing running totals into `live` (every 250 ms
+/// and the exact totals after the drain) and ending the window early
+/// when `live.stop` is set (the `soak` scenario).
+pub fn run_live(
+    spec: &CallSpec,
+    parties: &[LoadSocket],
+    hello: Option<&[u64]>,
+    server: SocketAddrV4,
+    target_pid: Option<u32>,
+    progress: &(dyn Fn(f64) + Sync),
+    live: Option<&Live>,
+) -> anyhow::Result<Outcome> {
     let n = spec.calls * 2;
     if spec.calls == 0 || parties.len() != n || n > MAX_PARTIES {
         bail!(
@@ -97,9 +113,13 @@ pub fn run(
         bail!("the rate must be positive");
     }
     std::thread::scope(|s| {
-        s.spawn(|| Gen::new(spec, parties, server)?.run(hello, target_pid, progress))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
+        s.spawn(|| {
+            let mut g = Gen::new(spec, parties, server)?;
+            g.live = live.map(Publisher::new);
+            g.run(hello, target_pid, progress)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
     })
 }
 
@@ -123,6 +143,8 @@ struct Gen<'a> {
     rb: RecvBatch,
     bufs: Vec<Vec<u8>>,
     arrivals: u64,
+    /// Running totals for a long scenario (None: not published).
+    live: Option<Publisher<'a>>,
 }
 
 impl<'a> Gen<'a> {
@@ -151,7 +173,26 @@ impl<'a> Gen<'a> {
             rb: RecvBatch::new(64, 2048),
             bufs: vec![vec![0u8; spec.frame_len]; spec.batch.max(1)],
             arrivals: 0,
+            live: None,
         })
+    }
+
+    /// Publishes the running totals (sequence gaps as the loss so far).
+    fn publish_running(&mut self) {
+        if let Some(p) = self.live.as_mut() {
+            let sent: u64 = self.sent_measured.iter().sum();
+            p.publish(LiveSnapshot {
+                sent,
+                expected: sent,
+                received: self.flows.received(),
+                lost: self.flows.gaps(),
+            });
+        }
+    }
+
+    /// Whether the scenario asked the run to end.
+    fn stopping(&self) -> bool {
+        self.live.as_ref().is_some_and(Publisher::stopping)
     }
 
     fn send_one(&mut self, p: usize, bytes: &[u8]) -> anyhow::Result<()> {
@@ -263,6 +304,10 @@ impl<'a> Gen<'a> {
             if now - last_progress > 250_000_000 {
                 last_progress = now;
                 progress((now - start) as f64 / total_ns as f64);
+                self.publish_running();
+                if self.stopping() {
+                    break;
+                }
             }
             let elapsed_s = (now - start) as f64 / 1e9;
             let mut behind = 0u64;
@@ -318,6 +363,17 @@ impl<'a> Gen<'a> {
             _ => None,
         };
         let totals = self.flows.totals(&self.sent_measured, |_, _| true);
+        let lossy_flows = self
+            .flows
+            .lossy(&self.sent_measured, |_, _| true, MAX_LOSSY_FLOWS);
+        if let Some(p) = self.live.as_mut() {
+            p.publish(LiveSnapshot {
+                sent: totals.expected,
+                expected: totals.expected,
+                received: totals.received,
+                lost: totals.lost,
+            });
+        }
         let drift = self.offset.drift_ns(RealtimeOffset::measure());
         Ok(Outcome {
             sent_measured: self.sent_measured,
@@ -338,6 +394,7 @@ impl<'a> Gen<'a> {
             gen_wait_ns,
             server_socket_drops,
             clock_drift_ns: drift.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+            lossy_flows,
         })
     }
 
