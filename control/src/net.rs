@@ -6,8 +6,9 @@
 //! through one shared buffer, and a connection holds bytes only for an
 //! unfinished line or unwritten replies. A connection whose unwritten
 //! replies exceed `max_outbuf` is dropped (a client that does not read never
-//! blocks anyone). Each connection's reads per wake-up are budgeted, so one
-//! busy client cannot starve the others.
+//! blocks anyone). A connection the machine closes gets [`CLOSE_GRACE`] to
+//! read its last replies, then is reset. Each connection's reads per
+//! wake-up are budgeted, so one busy client cannot starve the others.
 //!
 //! The optional TLS listener's connections live in the same table: each
 //! holds a `rustls::ServerConnection` driven on readiness (`read_tls`,
@@ -15,7 +16,7 @@
 //! through `writer()` and `write_tls`), so TLS sessions share the machine,
 //! the limits and the queues of plain ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -43,6 +44,12 @@ const READ_BUF: usize = 64 * 1024;
 const READ_BUDGET: usize = 8;
 /// When this many inputs wait for the machine, reading pauses.
 const MACHINE_BACKLOG: usize = 200_000;
+/// How long a connection the machine closed (auth deadline, heartbeat
+/// timeout, KICKED) may take to read its last replies. After that it is
+/// reset unread: a client that never reads would otherwise keep its
+/// socket, its queue and its per-IP slot for ever, since a closing
+/// connection is no longer read (its EOF would go unnoticed too).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Limits of the network thread.
 #[derive(Clone, Debug)]
@@ -138,6 +145,9 @@ pub struct Net {
     again: Vec<usize>,
     /// Connections with bytes to write.
     dirty: Vec<usize>,
+    /// Sessions the machine closed, in order, with the end of their
+    /// [`CLOSE_GRACE`]; a session still open then is dropped unread.
+    closing: VecDeque<(Instant, SessionId)>,
     tls_listener: Option<TcpListener>,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     metrics: Arc<Metrics>,
@@ -175,6 +185,7 @@ impl Net {
                 cfg,
                 again: Vec::new(),
                 dirty: Vec::new(),
+                closing: VecDeque::new(),
                 tls_listener: None,
                 tls_config: None,
                 metrics: Arc::new(Metrics::default()),
@@ -214,13 +225,17 @@ impl Net {
         let mut buf = vec![0u8; READ_BUF];
         let mut shutdown_at: Option<Instant> = None;
         loop {
-            let timeout = if !self.again.is_empty() {
-                Some(Duration::from_millis(1))
+            let mut timeout = if !self.again.is_empty() {
+                Duration::from_millis(1)
             } else if shutdown_at.is_some() {
-                Some(Duration::from_millis(20))
+                Duration::from_millis(20)
             } else {
-                Some(self.idle_wait)
+                self.idle_wait
             };
+            if let Some(&(deadline, _)) = self.closing.front() {
+                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            let timeout = Some(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -253,8 +268,11 @@ impl Net {
                     Ok(NetCmd::Send(s, bytes)) => self.queue(s, &bytes),
                     Ok(NetCmd::Close(s)) => {
                         if let Some(&idx) = self.by_session.get(&s) {
-                            if let Some(c) = self.conns[idx].as_mut() {
+                            if let Some(c) = self.conns[idx].as_mut()
+                                && !c.closing
+                            {
                                 c.closing = true;
+                                self.closing.push_back((Instant::now() + CLOSE_GRACE, s));
                             }
                             self.dirty.push(idx);
                         }
@@ -285,6 +303,7 @@ impl Net {
             for idx in dirty {
                 self.flush(idx);
             }
+            self.expire_closing(Instant::now());
             if let Some(t) = shutdown_at
                 && (self.open == 0 || t.elapsed() > Duration::from_secs(2))
             {
@@ -535,6 +554,31 @@ impl Net {
             {
                 self.drop_conn(idx, true);
             }
+        }
+    }
+
+    /// Resets the closed sessions whose [`CLOSE_GRACE`] is over and that
+    /// still have replies unread (the others are gone already).
+    fn expire_closing(&mut self, now: Instant) {
+        while let Some(&(deadline, session)) = self.closing.front() {
+            if deadline > now {
+                break;
+            }
+            self.closing.pop_front();
+            let Some(&idx) = self.by_session.get(&session) else {
+                continue;
+            };
+            if let Some(c) = self.conns[idx].as_ref() {
+                tracing::debug!(
+                    session = session.0,
+                    unread = c.out.len() - c.out_pos,
+                    "closed session did not read its last replies; reset"
+                );
+                // Reset rather than leave the kernel retrying to a peer
+                // that does not read.
+                let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+            }
+            self.drop_conn(idx, false);
         }
     }
 

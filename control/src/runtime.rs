@@ -62,14 +62,58 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(std_listener))
 }
 
-/// Raises the open-file limit to its hard limit (10,000 sessions need it).
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
-    {
-        tracing::debug!(soft, hard, "could not raise RLIMIT_NOFILE");
+/// Descriptors control needs besides its sessions: listeners, poll,
+/// waker, store files or connection, pipes, the metrics endpoint.
+const FD_RESERVE: u64 = 64;
+
+/// Raises the open-file limit's soft value to the hard one (every session
+/// is a descriptor: 10,000 sessions need it) and logs the limit in force;
+/// warns when it cannot hold `max_connections` sessions, since accept then
+/// fails (EMFILE) before the connection limit is reached.
+fn raise_nofile(max_connections: usize) {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    let mut limit = soft;
+    if soft < hard {
+        // An unlimited hard limit is not a valid soft one: the kernel caps
+        // open files at fs.nr_open.
+        let want = if hard == RLIM_INFINITY {
+            std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(1 << 20)
+        } else {
+            hard
+        };
+        if want > soft {
+            match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+                Ok(()) => limit = want,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    soft,
+                    hard,
+                    "could not raise the open-file limit (RLIMIT_NOFILE)"
+                ),
+            }
+        }
+    }
+    tracing::info!(soft = limit, hard, "open-file limit (RLIMIT_NOFILE)");
+    let need = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FD_RESERVE);
+    if limit < need {
+        tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below max_connections plus {FD_RESERVE}: \
+             connections beyond it fail at accept; raise LimitNOFILE"
+        );
     }
 }
 
@@ -123,7 +167,7 @@ pub fn serve(
     opts: Options,
     ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
-    raise_nofile();
+    raise_nofile(cfg.net.max_connections);
     let mut notifier = Notifier::new();
     notifier.status("starting: opening the store");
     store
