@@ -190,6 +190,22 @@ pub fn has_flag(bin: &Path, flag: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `--max-stations N --max-stations-per-ip N` when the relay has those
+/// flags: the bench's OVP stations all send from 127.0.0.1, which the
+/// relay's per-IP cap (16 by default) would otherwise refuse beyond 16.
+pub fn station_cap_args(bin: &Path, stations: usize) -> Vec<String> {
+    if !has_flag(bin, "--max-stations-per-ip") {
+        return Vec::new();
+    }
+    let n = stations.max(1000).to_string();
+    vec![
+        "--max-stations".into(),
+        n.clone(),
+        "--max-stations-per-ip".into(),
+        n,
+    ]
+}
+
 /// What a scenario adds to the stack [`start_stack`] starts.
 #[derive(Debug, Clone, Default)]
 pub struct StackExtras {

@@ -131,6 +131,8 @@ pub fn start_target(
             if crate::calls::has_flag(&sc.relay_bin, "--metrics-listen") {
                 cmd.args(["--metrics-listen", "off"]);
             }
+            // Every load station is on 127.0.0.1: room for all of them.
+            cmd.args(crate::calls::station_cap_args(&sc.relay_bin, sc.stations));
             Target::start(
                 cmd,
                 &format!("whelm-relay ({})", sc.relay_bin.display()),

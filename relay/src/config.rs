@@ -39,6 +39,17 @@ pub const MAX_TIMEOUT_SECS: u64 = 31_536_000;
 /// Default per-source OVP rate: generous above the 25 frames/s a station
 /// sends (PROTOCOLS.md section 3).
 pub const DEFAULT_STATION_RATE: u32 = 100;
+/// Default cap on OVP stations in total: far above a real conference (each
+/// frame is sent to every other station), low enough that a flood of
+/// made-up callsigns cannot grow the registry and the fan-out without bound.
+pub const DEFAULT_MAX_STATIONS: u32 = 1000;
+/// Default cap on OVP stations per source IP: several stations may sit
+/// behind one NAT address, or share ip:57372 in listen-port mode, but one
+/// address cannot claim the conference (or, spoofed, aim its fan-out at a
+/// victim).
+pub const DEFAULT_MAX_STATIONS_PER_IP: u32 = 16;
+/// Largest value of either station cap.
+pub const MAX_STATION_CAP: i64 = 1_000_000;
 /// Default statistics interval.
 pub const DEFAULT_STATS_SECS: u64 = 60;
 /// Default of `metrics_listen` (loopback only; control uses 9501).
@@ -56,10 +67,12 @@ pub const METRICS_ENV: &str = "WHELM_METRICS_LISTEN";
 pub const LOG_ENV: &str = "WHELM_LOG";
 
 /// Keys a reload applies (the rest need a restart).
-pub const RELOADABLE: [&str; 7] = [
+pub const RELOADABLE: [&str; 9] = [
     "bandwidth_mbps",
     "station_rate",
     "station_burst",
+    "max_stations",
+    "max_stations_per_ip",
     "allow",
     "deny",
     "log",
@@ -148,6 +161,13 @@ pub struct Cli {
     /// Burst of the per-source rate limit, in frames (default: the rate).
     #[arg(long, value_name = "N")]
     pub station_burst: Option<u32>,
+    /// OVP stations in total at most (1000); frames from new callsigns
+    /// beyond it are dropped and counted (station_limit).
+    #[arg(long, value_name = "N")]
+    pub max_stations: Option<u32>,
+    /// OVP stations per source IP at most (16).
+    #[arg(long, value_name = "N")]
+    pub max_stations_per_ip: Option<u32>,
     /// Only forward these callsigns (repeatable or comma-separated).
     #[arg(long, value_name = "CALLS", value_delimiter = ',')]
     pub allow: Vec<String>,
@@ -236,6 +256,12 @@ pub struct FileConfig {
     /// `--station-burst` (0: the rate)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub station_burst: Option<i64>,
+    /// `--max-stations`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_stations: Option<i64>,
+    /// `--max-stations-per-ip`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_stations_per_ip: Option<i64>,
     /// `--allow` (empty: no allow list)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
@@ -326,6 +352,8 @@ impl FileConfig {
             bandwidth_mbps: n(cli.bandwidth_mbps),
             station_rate: cli.station_rate.map(i64::from),
             station_burst: cli.station_burst.map(i64::from),
+            max_stations: cli.max_stations.map(i64::from),
+            max_stations_per_ip: cli.max_stations_per_ip.map(i64::from),
             allow: list(&cli.allow),
             deny: list(&cli.deny),
             stats_interval: n(cli.stats_interval),
@@ -366,6 +394,8 @@ pub fn defaults() -> FileConfig {
         bandwidth_mbps: Some(100),
         station_rate: Some(i64::from(DEFAULT_STATION_RATE)),
         station_burst: Some(0),
+        max_stations: Some(i64::from(DEFAULT_MAX_STATIONS)),
+        max_stations_per_ip: Some(i64::from(DEFAULT_MAX_STATIONS_PER_IP)),
         allow: Some(Vec::new()),
         deny: Some(Vec::new()),
         stats_interval: Some(DEFAULT_STATS_SECS as i64),
@@ -544,6 +574,10 @@ pub struct Config {
     pub station_rate: u32,
     /// Per-source burst.
     pub station_burst: u32,
+    /// OVP stations in total at most.
+    pub max_stations: usize,
+    /// OVP stations per source IP at most.
+    pub max_stations_per_ip: usize,
     /// Allow list (None: no allow list).
     pub allow: Option<HashSet<StationId>>,
     /// Deny list.
@@ -661,6 +695,8 @@ impl Config {
             0 => station_rate.max(1),
             b => b,
         };
+        let max_stations = m.int("max_stations", 1, MAX_STATION_CAP)? as usize;
+        let max_stations_per_ip = m.int("max_stations_per_ip", 1, MAX_STATION_CAP)? as usize;
         let allow = m.calls("allow")?;
         let buffers = m.int("buffers", 8, 32_768)? as u32;
         if !buffers.is_power_of_two() {
@@ -719,6 +755,8 @@ impl Config {
             bandwidth_mbps: m.int("bandwidth_mbps", 0, MAX_BANDWIDTH_MBPS as i64)?,
             station_rate,
             station_burst,
+            max_stations,
+            max_stations_per_ip,
             allow: (!allow.is_empty()).then_some(allow),
             deny: m.calls("deny")?,
             stats_interval: Duration::from_secs(m.int("stats_interval", 1, 86_400)?),
@@ -956,6 +994,22 @@ mod tests {
         );
         let e = err_of("control_socket_group = \"no-such-group-here\"\n");
         assert!(e.contains("no such group"), "{e}");
+    }
+
+    #[test]
+    fn station_caps() {
+        let c = load(&[]).unwrap();
+        assert_eq!((c.max_stations, c.max_stations_per_ip), (1000, 16));
+        let c = load(&["--max-stations", "5", "--max-stations-per-ip", "2"]).unwrap();
+        assert_eq!((c.max_stations, c.max_stations_per_ip), (5, 2));
+        let e = err_of("max_stations_per_ip = 0\n");
+        assert!(
+            e.contains("key \"max_stations_per_ip\": value 0: must be between 1 and 1000000"),
+            "{e}"
+        );
+        let (apply, restart) = load(&[]).unwrap().diff(&c);
+        assert_eq!(apply.len(), 2, "{apply:?}");
+        assert!(restart.is_empty(), "{restart:?}");
     }
 
     #[test]

@@ -26,6 +26,11 @@
 //! by [`Config::load`] before anything changes; limits, lists, the log
 //! filter and the stats interval are applied; calls and stations stay.
 //!
+//! Station caps: the [`Registry`] refuses what is beyond `max_stations` /
+//! `max_stations_per_ip` (a worker's replica may have admitted it in a race)
+//! and the undo is broadcast; a refusal, by the registry or reported by a
+//! worker, is logged at most once per [`STATION_LIMIT_WARN`].
+//!
 //! Stats lines are `key=value` fields after a fixed word, for grepping:
 //! `stats kind=periodic|final frames_received=.. frames_forwarded=..
 //! active_stations=.. decode_errors=.. timed_out=.. rate_limited=.. ...`,
@@ -34,6 +39,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -46,6 +52,7 @@ use whelm_daemon::notify::Notifier;
 use whelm_shared::channel::{
     self, Command, ErrorCode, Limits, Outcome, RelayMsg, Role, StationInfo,
 };
+use whelm_shared::ovp::StationId;
 
 use crate::cmdsock::{ConnEvent, ConnHandle};
 use crate::config::{Cli, Config};
@@ -53,7 +60,7 @@ use crate::engine::EngineKind;
 use crate::metrics::{Metric, RelayGauges, WorkerCounters, drop_key, stat};
 use crate::net::display_addr;
 use crate::observe::Watchdog;
-use crate::registry::{Notice, Registry};
+use crate::registry::{Notice, Registry, StationLimits};
 use crate::update::{Event, Hello, Update};
 use crate::voice::{HelloResult, Refusal, VoiceState};
 
@@ -99,7 +106,12 @@ pub struct LimitsState {
     pub station_rate: u32,
     /// OVP burst.
     pub station_burst: u32,
+    /// OVP station caps (the registry enforces them).
+    pub stations: StationLimits,
 }
+
+/// The station-cap warning is logged at most this often.
+pub const STATION_LIMIT_WARN: Duration = crate::core::STATION_LIMIT_REPORT;
 
 /// What a reload needs: the command line the relay started with (its flags
 /// still win over the file), the configuration in force, the log filter.
@@ -171,6 +183,8 @@ pub struct Coordinator {
     ops: Ops,
     /// A reload changed `stats_interval`; the loop reschedules.
     stats_changed: bool,
+    /// When the station-cap warning was last logged.
+    last_limit_warn: Option<Instant>,
 }
 
 /// Sums one metric over totals.
@@ -204,7 +218,7 @@ impl Coordinator {
         let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let n = workers.len();
         Coordinator {
-            registry: Registry::new(timeout),
+            registry: Registry::new(timeout, limits.stations),
             voice: VoiceState::new(v6),
             events,
             hellos,
@@ -229,6 +243,7 @@ impl Coordinator {
                 ready: Arc::default(),
             },
             stats_changed: false,
+            last_limit_warn: None,
         }
     }
 
@@ -303,8 +318,44 @@ impl Coordinator {
                     callsign: id.to_string(),
                 }
             }
+            Notice::Refused {
+                id,
+                src,
+                cap,
+                limit,
+            } => {
+                self.warn_limit(id, src, cap.key(), limit);
+                return;
+            }
         };
         self.tell_controls(ev);
+    }
+
+    /// The station-cap warning, at most once per [`STATION_LIMIT_WARN`]
+    /// (a flood of new callsigns is counted, not logged).
+    fn warn_limit(&mut self, id: StationId, src: SocketAddr, key: &str, limit: usize) {
+        let now = Instant::now();
+        if self
+            .last_limit_warn
+            .is_some_and(|t| now.saturating_duration_since(t) < STATION_LIMIT_WARN)
+        {
+            return;
+        }
+        self.last_limit_warn = Some(now);
+        let dropped: u64 = self
+            .info
+            .iter()
+            .map(|w| w.counters.get(Metric::DropStationLimit))
+            .sum();
+        tracing::warn!(
+            "station limit reached: {key}={limit}; refused {id} from {} ({} stations, {} from that IP); \
+             frames from new callsigns beyond it are dropped and counted as {} ({dropped} so far); \
+             this warning repeats at most once a minute",
+            display_addr(src),
+            self.registry.len(),
+            self.registry.stations_from(src.ip()),
+            Metric::DropStationLimit.name(),
+        );
     }
 
     fn run(mut self) {
@@ -578,6 +629,8 @@ impl Coordinator {
         cur.bandwidth_mbps = new.bandwidth_mbps;
         cur.station_rate = new.station_rate;
         cur.station_burst = new.station_burst;
+        cur.max_stations = new.max_stations;
+        cur.max_stations_per_ip = new.max_stations_per_ip;
         cur.allow.clone_from(&new.allow);
         cur.deny.clone_from(&new.deny);
         cur.stats_interval = new.stats_interval;
@@ -596,6 +649,18 @@ impl Coordinator {
             ups.push(Update::StationRate {
                 rate: new.station_rate,
                 burst: new.station_burst,
+            });
+        }
+        if moved("max_stations") || moved("max_stations_per_ip") {
+            let l = StationLimits {
+                max_stations: new.max_stations,
+                max_stations_per_ip: new.max_stations_per_ip,
+            };
+            self.limits.stations = l;
+            self.registry.set_limits(l);
+            ups.push(Update::StationLimits {
+                max_stations: l.max_stations,
+                max_stations_per_ip: l.max_stations_per_ip,
             });
         }
         if moved("allow") || moved("deny") {

@@ -11,6 +11,15 @@
 //! it learns itself (a new OVP station, an address change) at once, queueing a
 //! [`Learned`] for the coordinator, which broadcasts it to the other workers.
 //!
+//! OVP stations are bounded: a new callsign beyond `max_stations` in total
+//! or `max_stations_per_ip` from one source IP, or a station moving to an IP
+//! that has its share, is dropped ([`DropReason::StationLimit`]); the
+//! coordinator's registry enforces the same caps authoritatively (two
+//! workers may each admit the last free place; it refuses one and tells the
+//! workers to remove it). A fan-out sends one copy per distinct destination
+//! address, however many stations share it ([`Stations`]), so a frame costs
+//! at most one datagram per address the registry holds.
+//!
 //! Voice port: a `HELLO` datagram is never forwarded; a well-formed one is
 //! queued for the coordinator ([`Core::take_hellos`]), which alone decides
 //! whether it registers anything. Every other datagram needs one lookup:
@@ -19,13 +28,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use whelm_shared::ovp::{self, FrameError, StationId};
 
 use crate::hello::{is_hello, parse_hello};
-use crate::update::{Learned, Update};
+pub use crate::stations::Fanout;
+use crate::stations::{Stations, ip_key};
+use crate::update::{Learned, StationCap, Update};
 
 /// Which listening port a datagram arrived on; each has its own decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +59,9 @@ pub enum DropReason {
     Denied,
     /// An allow list is configured and the callsign is not on it.
     NotAllowed,
+    /// A new callsign (or a move to another IP) while `max_stations` or the
+    /// source IP's `max_stations_per_ip` is reached.
+    StationLimit,
     /// Voice datagram from an address that is not registered.
     UnknownSource,
     /// Voice datagram from a registered address whose user is in no call.
@@ -179,6 +193,10 @@ pub struct CoreConfig {
     pub allow: Option<HashSet<StationId>>,
     /// These callsigns are never forwarded.
     pub deny: HashSet<StationId>,
+    /// OVP stations in total at most.
+    pub max_stations: usize,
+    /// OVP stations per source IP at most.
+    pub max_stations_per_ip: usize,
 }
 
 impl CoreConfig {
@@ -245,34 +263,9 @@ pub const MAX_LIMITER_SOURCES: usize = 65_536;
 /// A source idle this long is forgotten by the limiter (its bucket is full).
 const LIMITER_IDLE: Duration = Duration::from_secs(10);
 
-/// A borrowed fan-out: every destination in `dests` except index `skip`.
-#[derive(Debug, Clone)]
-pub struct Fanout<'a> {
-    dests: &'a [SocketAddr],
-    skip: usize,
-}
-
-impl<'a> Fanout<'a> {
-    /// Number of destinations.
-    pub fn len(&self) -> usize {
-        self.dests.len() - usize::from(self.skip < self.dests.len())
-    }
-
-    /// True when there is nobody to send to.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The destinations, in table order.
-    pub fn iter(&self) -> impl Iterator<Item = &'a SocketAddr> + 'a {
-        let skip = self.skip;
-        self.dests
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| *i != skip)
-            .map(|(_, d)| d)
-    }
-}
+/// A worker reports a station-cap refusal to the coordinator (for its log
+/// line) at most this often; the drop counter counts every one.
+pub const STATION_LIMIT_REPORT: Duration = Duration::from_secs(60);
 
 /// What to do with one datagram.
 #[derive(Debug, Clone)]
@@ -289,14 +282,10 @@ pub enum Decision<'a> {
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
-    /// OVP stations, parallel vectors indexed by slot: id, source, dest,
-    /// seen-since-last-report. `dests` is contiguous so a fan-out is a slice.
-    ids: Vec<StationId>,
-    srcs: Vec<SocketAddr>,
-    dests: Vec<SocketAddr>,
-    /// Valid frames since the last seen-report, per slot.
-    seen: Vec<u32>,
-    index: FastMap<StationId, usize>,
+    /// OVP stations.
+    stations: Stations,
+    /// When this worker last reported a station-cap refusal.
+    last_refusal: Option<Instant>,
     /// Registered voice addresses: source address -> what to do (installed
     /// by the coordinator from control's calls and HELLOs).
     voice: FastMap<SocketAddr, VoiceSlot>,
@@ -312,11 +301,8 @@ impl Core {
     pub fn new(cfg: CoreConfig) -> Core {
         Core {
             cfg,
-            ids: Vec::new(),
-            srcs: Vec::new(),
-            dests: Vec::new(),
-            seen: Vec::new(),
-            index: FastMap::default(),
+            stations: Stations::default(),
+            last_refusal: None,
             voice: FastMap::default(),
             bandwidth: None,
             limiter: FastMap::default(),
@@ -332,17 +318,28 @@ impl Core {
 
     /// Number of OVP stations in this replica.
     pub fn station_count(&self) -> usize {
-        self.ids.len()
+        self.stations.len()
     }
 
-    /// Largest fan-out a single datagram can currently produce.
+    /// Largest fan-out a single datagram can currently produce (one per
+    /// distinct destination address).
     pub fn max_fanout(&self) -> usize {
-        self.ids.len().max(1)
+        self.stations.destination_count().max(1)
+    }
+
+    /// Number of distinct OVP destination addresses in this replica.
+    pub fn destination_count(&self) -> usize {
+        self.stations.destination_count()
+    }
+
+    /// Number of stations this replica holds from `ip`.
+    pub fn stations_from(&self, ip: IpAddr) -> usize {
+        self.stations.from_ip(ip)
     }
 
     /// The source address this replica holds for a station.
     pub fn station_source(&self, id: StationId) -> Option<SocketAddr> {
-        self.index.get(&id).map(|&i| self.srcs[i])
+        self.stations.source_of(id)
     }
 
     /// Decides what to do with one datagram. Never panics on any input.
@@ -378,10 +375,7 @@ impl Core {
                 {
                     return Decision::Drop(DropReason::Bandwidth);
                 }
-                Decision::Forward(Fanout {
-                    dests: std::slice::from_ref(d),
-                    skip: usize::MAX,
-                })
+                Decision::Forward(Fanout::one(d))
             }
         }
     }
@@ -432,24 +426,30 @@ impl Core {
         {
             return Decision::Drop(DropReason::NotAllowed);
         }
-        let slot = match self.index.get(&station) {
-            Some(&i) => {
-                if self.srcs[i] != peer {
-                    let from = self.srcs[i];
-                    self.srcs[i] = peer;
-                    self.dests[i] = self.cfg.dest_for(peer);
+        let slot = match self.stations.slot(station) {
+            Some(i) => {
+                let from = self.stations.src(i);
+                if from != peer {
+                    if ip_key(from) != ip_key(peer) && self.ip_full(peer) {
+                        return self.refuse(station, peer, StationCap::PerIp, now);
+                    }
+                    self.stations.set_src(i, peer, self.cfg.dest_for(peer));
                     self.learned.push(Learned::Moved {
                         id: station,
                         from,
                         to: peer,
                     });
                 }
-                self.seen[i] = self.seen[i].saturating_add(1);
                 i
             }
             None => {
-                let i = self.insert(station, peer);
-                self.seen[i] = 1;
+                if self.stations.len() >= self.cfg.max_stations {
+                    return self.refuse(station, peer, StationCap::Total, now);
+                }
+                if self.ip_full(peer) {
+                    return self.refuse(station, peer, StationCap::PerIp, now);
+                }
+                let i = self.stations.insert(station, peer, self.cfg.dest_for(peer));
                 self.learned.push(Learned::NewStation {
                     id: station,
                     src: peer,
@@ -457,10 +457,41 @@ impl Core {
                 i
             }
         };
-        Decision::Forward(Fanout {
-            dests: &self.dests,
-            skip: slot,
-        })
+        self.stations.saw(slot);
+        Decision::Forward(self.stations.fanout(slot))
+    }
+
+    /// True when `src`'s IP already has `max_stations_per_ip` stations.
+    fn ip_full(&self, src: SocketAddr) -> bool {
+        self.stations.from_ip(src.ip()) >= self.cfg.max_stations_per_ip
+    }
+
+    /// Drops a frame a station cap refused; queues a report for the
+    /// coordinator's log at most once per [`STATION_LIMIT_REPORT`].
+    fn refuse(
+        &mut self,
+        id: StationId,
+        src: SocketAddr,
+        cap: StationCap,
+        now: Instant,
+    ) -> Decision<'static> {
+        let due = self
+            .last_refusal
+            .is_none_or(|t| now.saturating_duration_since(t) >= STATION_LIMIT_REPORT);
+        if due {
+            self.last_refusal = Some(now);
+            let limit = match cap {
+                StationCap::Total => self.cfg.max_stations,
+                StationCap::PerIp => self.cfg.max_stations_per_ip,
+            };
+            self.learned.push(Learned::Refused {
+                id,
+                src,
+                cap,
+                limit,
+            });
+        }
+        Decision::Drop(DropReason::StationLimit)
     }
 
     /// Token bucket per source: `station_rate` per second, `station_burst`
@@ -492,29 +523,6 @@ impl Core {
         }
     }
 
-    fn insert(&mut self, id: StationId, src: SocketAddr) -> usize {
-        let i = self.ids.len();
-        self.ids.push(id);
-        self.srcs.push(src);
-        self.dests.push(self.cfg.dest_for(src));
-        self.seen.push(0);
-        self.index.insert(id, i);
-        i
-    }
-
-    fn remove(&mut self, id: StationId) {
-        let Some(i) = self.index.remove(&id) else {
-            return;
-        };
-        self.ids.swap_remove(i);
-        self.srcs.swap_remove(i);
-        self.dests.swap_remove(i);
-        self.seen.swap_remove(i);
-        if let Some(moved) = self.ids.get(i) {
-            self.index.insert(*moved, i);
-        }
-    }
-
     /// Applies a table update from the coordinator. Idempotent.
     pub fn apply(&mut self, u: &Update) {
         match u {
@@ -529,16 +537,18 @@ impl Core {
 
     fn apply_one(&mut self, u: &Update) {
         match *u {
-            Update::Station { id, src } => match self.index.get(&id) {
-                Some(&i) => {
-                    self.srcs[i] = src;
-                    self.dests[i] = self.cfg.dest_for(src);
+            // The coordinator decided (within its caps): applied as is.
+            Update::Station { id, src } => match self.stations.slot(id) {
+                Some(i) => {
+                    if self.stations.src(i) != src {
+                        self.stations.set_src(i, src, self.cfg.dest_for(src));
+                    }
                 }
                 None => {
-                    self.insert(id, src);
+                    self.stations.insert(id, src, self.cfg.dest_for(src));
                 }
             },
-            Update::RemoveStation { id } => self.remove(id),
+            Update::RemoveStation { id } => self.stations.remove(id),
             Update::VoiceRoute { src, dest } => {
                 self.voice.insert(src, VoiceSlot::Route(dest));
             }
@@ -557,6 +567,13 @@ impl Core {
             Update::StationRate { rate, burst } => {
                 self.cfg.station_rate = rate;
                 self.cfg.station_burst = burst.max(1);
+            }
+            Update::StationLimits {
+                max_stations,
+                max_stations_per_ip,
+            } => {
+                self.cfg.max_stations = max_stations;
+                self.cfg.max_stations_per_ip = max_stations_per_ip;
             }
             Update::Lists {
                 ref allow,
@@ -583,14 +600,7 @@ impl Core {
     /// Stations that sent valid frames since the last call, with how many;
     /// clears the counts.
     pub fn take_seen(&mut self) -> Vec<(StationId, u32)> {
-        let mut out = Vec::new();
-        for (i, s) in self.seen.iter_mut().enumerate() {
-            if *s > 0 {
-                out.push((self.ids[i], *s));
-                *s = 0;
-            }
-        }
-        out
+        self.stations.take_seen()
     }
 
     /// Forgets rate-limit state of sources idle for a while (their bucket
@@ -630,6 +640,8 @@ mod tests {
             station_burst: 0,
             allow: None,
             deny: HashSet::new(),
+            max_stations: 1000,
+            max_stations_per_ip: 16,
         }
     }
 
@@ -950,5 +962,362 @@ mod tests {
             ));
         }
         assert_eq!(c.voice_count(), 1);
+    }
+
+    fn capped(reply_to: ReplyTo, max_stations: usize, per_ip: usize) -> Core {
+        let mut cf = cfg(reply_to);
+        cf.max_stations = max_stations;
+        cf.max_stations_per_ip = per_ip;
+        Core::new(cf)
+    }
+
+    /// The station table is consistent, and each destination follows
+    /// from its source by the policy.
+    fn assert_consistent(c: &Core) {
+        c.stations.assert_consistent();
+        for (_, src, dest) in c.stations.slots() {
+            assert_eq!(dest, c.cfg.dest_for(src));
+        }
+    }
+
+    #[test]
+    fn per_ip_cap_refuses_new_callsigns_and_reports_once_a_minute() {
+        let t = Instant::now();
+        let mut c = capped(ReplyTo::Source, 100, 2);
+        let a1 = addr("10.0.0.1:1");
+        let a2 = addr("10.0.0.1:2");
+        let a3 = addr("10.0.0.1:3");
+        let b = addr("10.0.0.2:1");
+        dests(c.decide(&frame("A1", b""), a1, PortKind::Ovp, t));
+        dests(c.decide(&frame("A2", b""), a2, PortKind::Ovp, t));
+        dests(c.decide(&frame("B", b""), b, PortKind::Ovp, t));
+        assert_eq!(c.take_learned().len(), 3);
+        // A third callsign from 10.0.0.1, from any port: dropped, not
+        // registered, not forwarded; reported once.
+        assert_eq!(
+            drop_reason(c.decide(&frame("A3", b"x"), a3, PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        assert_eq!(
+            c.take_learned(),
+            vec![Learned::Refused {
+                id: id("A3"),
+                src: a3,
+                cap: StationCap::PerIp,
+                limit: 2
+            }]
+        );
+        for k in 0..50u16 {
+            let cs = format!("X{k}");
+            assert_eq!(
+                drop_reason(c.decide(&frame(&cs, b""), a1, PortKind::Ovp, t)),
+                DropReason::StationLimit
+            );
+        }
+        assert!(!c.has_learned(), "one report a minute");
+        assert_eq!(c.station_count(), 3);
+        assert_eq!(c.stations_from(a1.ip()), 2);
+        assert_eq!(c.station_source(id("A3")), None);
+        // Stations already there are untouched.
+        assert_eq!(
+            dests(c.decide(&frame("B", b""), b, PortKind::Ovp, t)),
+            vec![a1, a2]
+        );
+        assert_eq!(
+            dests(c.decide(&frame("A1", b""), a1, PortKind::Ovp, t)),
+            vec![a2, b]
+        );
+        // A minute later the next refusal is reported again.
+        let t2 = t + STATION_LIMIT_REPORT;
+        drop_reason(c.decide(&frame("A3", b""), a3, PortKind::Ovp, t2));
+        assert!(matches!(
+            c.take_learned()[..],
+            [Learned::Refused {
+                cap: StationCap::PerIp,
+                ..
+            }]
+        ));
+        // IPv4-mapped IPv6 (a dual-stack socket) counts as the same IP.
+        assert_eq!(
+            drop_reason(c.decide(
+                &frame("A4", b""),
+                addr("[::ffff:10.0.0.1]:4"),
+                PortKind::Ovp,
+                t2
+            )),
+            DropReason::StationLimit
+        );
+        assert_consistent(&c);
+    }
+
+    #[test]
+    fn total_cap_refuses_new_callsigns() {
+        let t = Instant::now();
+        let mut c = capped(ReplyTo::ListenPort, 3, 16);
+        for (k, cs) in ["A", "B", "C"].iter().enumerate() {
+            let src = addr(&format!("10.0.0.{}:4000", k + 1));
+            dests(c.decide(&frame(cs, b""), src, PortKind::Ovp, t));
+        }
+        c.take_learned();
+        let d = addr("10.0.0.9:4000");
+        assert_eq!(
+            drop_reason(c.decide(&frame("D", b""), d, PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        assert_eq!(
+            c.take_learned(),
+            vec![Learned::Refused {
+                id: id("D"),
+                src: d,
+                cap: StationCap::Total,
+                limit: 3
+            }]
+        );
+        assert_eq!(c.station_count(), 3);
+        // A known station moving to a new IP is not a new station.
+        dests(c.decide(&frame("A", b""), d, PortKind::Ovp, t));
+        assert_eq!(c.station_source(id("A")), Some(d));
+        assert_consistent(&c);
+    }
+
+    #[test]
+    fn a_move_is_checked_against_the_new_ip() {
+        let t = Instant::now();
+        let mut c = capped(ReplyTo::Source, 100, 2);
+        let a1 = addr("10.0.0.1:1");
+        let a2 = addr("10.0.0.1:2");
+        let b = addr("10.0.0.2:1");
+        dests(c.decide(&frame("A1", b""), a1, PortKind::Ovp, t));
+        dests(c.decide(&frame("A2", b""), a2, PortKind::Ovp, t));
+        dests(c.decide(&frame("B", b""), b, PortKind::Ovp, t));
+        c.take_learned();
+        // B to 10.0.0.1, which has its two: dropped, B stays where it was.
+        let b_to_a = addr("10.0.0.1:9");
+        assert_eq!(
+            drop_reason(c.decide(&frame("B", b""), b_to_a, PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        assert_eq!(c.station_source(id("B")), Some(b));
+        assert!(matches!(
+            c.take_learned()[..],
+            [Learned::Refused {
+                cap: StationCap::PerIp,
+                ..
+            }]
+        ));
+        assert_eq!(
+            dests(c.decide(&frame("A1", b""), a1, PortKind::Ovp, t)),
+            vec![a2, b]
+        );
+        // Another port of the same IP is always fine (no new IP share).
+        let a1b = addr("10.0.0.1:7");
+        assert_eq!(
+            dests(c.decide(&frame("A1", b""), a1b, PortKind::Ovp, t)),
+            vec![a2, b]
+        );
+        assert_eq!(
+            c.take_learned(),
+            vec![Learned::Moved {
+                id: id("A1"),
+                from: a1,
+                to: a1b
+            }]
+        );
+        // A1 leaves 10.0.0.1: room for B.
+        dests(c.decide(&frame("A1", b""), addr("10.0.0.3:1"), PortKind::Ovp, t));
+        assert_eq!(c.stations_from(a1.ip()), 1);
+        dests(c.decide(&frame("B", b""), b_to_a, PortKind::Ovp, t));
+        assert_eq!(c.station_source(id("B")), Some(b_to_a));
+        assert_eq!(c.stations_from(b.ip()), 0);
+        assert_consistent(&c);
+    }
+
+    #[test]
+    fn expiry_frees_room() {
+        let t = Instant::now();
+        let mut c = capped(ReplyTo::Source, 2, 1);
+        let a = addr("10.0.0.1:1");
+        let b = addr("10.0.0.2:1");
+        let a2 = addr("10.0.0.1:2");
+        let z = addr("10.0.0.3:1");
+        dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t));
+        dests(c.decide(&frame("B", b""), b, PortKind::Ovp, t));
+        assert_eq!(
+            drop_reason(c.decide(&frame("Z", b""), z, PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        // The coordinator times A out: one place in total, and A's IP free.
+        c.apply(&Update::RemoveStation { id: id("A") });
+        assert_eq!(c.stations_from(a.ip()), 0);
+        assert_eq!(
+            dests(c.decide(&frame("A2", b""), a2, PortKind::Ovp, t)),
+            vec![b]
+        );
+        assert_eq!(
+            drop_reason(c.decide(&frame("Z", b""), z, PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        c.apply(&Update::RemoveStation { id: id("B") });
+        assert_eq!(
+            dests(c.decide(&frame("Z", b""), z, PortKind::Ovp, t)),
+            vec![a2]
+        );
+        assert_eq!(c.station_count(), 2);
+        assert_consistent(&c);
+    }
+
+    #[test]
+    fn coordinator_updates_are_applied_whatever_the_local_caps() {
+        let t = Instant::now();
+        let mut c = capped(ReplyTo::Source, 2, 1);
+        let a = addr("10.0.0.1:1");
+        dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t));
+        c.take_learned();
+        // Another worker admitted B and C; the coordinator's word wins.
+        c.apply(&Update::Station {
+            id: id("B"),
+            src: addr("10.0.0.1:2"),
+        });
+        c.apply(&Update::Station {
+            id: id("C"),
+            src: addr("10.0.0.2:1"),
+        });
+        assert_eq!(c.station_count(), 3);
+        assert_eq!(c.stations_from(a.ip()), 2);
+        // The coordinator refused this worker's A (the registry was full):
+        // removed here.
+        c.apply(&Update::RemoveStation { id: id("A") });
+        assert_eq!(c.station_count(), 2);
+        // A reload raises the caps.
+        c.apply(&Update::Commit {
+            updates: vec![Update::StationLimits {
+                max_stations: 10,
+                max_stations_per_ip: 3,
+            }]
+            .into(),
+            generation: 1,
+        });
+        dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t));
+        assert_eq!(c.stations_from(a.ip()), 2);
+        dests(c.decide(&frame("D", b""), addr("10.0.0.1:4"), PortKind::Ovp, t));
+        assert_eq!(
+            drop_reason(c.decide(&frame("E", b""), addr("10.0.0.1:5"), PortKind::Ovp, t)),
+            DropReason::StationLimit
+        );
+        assert_consistent(&c);
+    }
+
+    #[test]
+    fn one_copy_per_destination_address() {
+        let t = Instant::now();
+        // Listen-port mode: two stations on one host share ip:57372.
+        let mut c = capped(ReplyTo::ListenPort, 100, 16);
+        let a = addr("10.0.0.1:40000");
+        let b = addr("10.0.0.1:40001");
+        let d = addr("10.0.0.2:40000");
+        dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t));
+        dests(c.decide(&frame("B", b""), b, PortKind::Ovp, t));
+        assert_eq!(
+            dests(c.decide(&frame("D", b""), d, PortKind::Ovp, t)),
+            vec![addr("10.0.0.1:57372")],
+            "one copy for A and B"
+        );
+        // A's frame must reach B, whose address is A's own: one copy there.
+        assert_eq!(
+            dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t)),
+            vec![addr("10.0.0.1:57372"), addr("10.0.0.2:57372")]
+        );
+        assert_eq!(c.max_fanout(), 2);
+        c.apply(&Update::RemoveStation { id: id("B") });
+        assert_eq!(
+            dests(c.decide(&frame("A", b""), a, PortKind::Ovp, t)),
+            vec![addr("10.0.0.2:57372")]
+        );
+
+        // Source mode: 300 callsigns from one socket (under a generous cap)
+        // still cost one copy per frame.
+        let mut c = capped(ReplyTo::Source, 1000, 1000);
+        let victim = addr("127.0.0.1:7");
+        let legit = addr("127.0.0.2:7");
+        dests(c.decide(&frame("W1AW", b""), legit, PortKind::Ovp, t));
+        for k in 0..300u16 {
+            let cs = format!("F{k}");
+            dests(c.decide(&frame(&cs, b""), victim, PortKind::Ovp, t));
+        }
+        assert_eq!(c.station_count(), 301);
+        assert_eq!(c.destination_count(), 2);
+        assert_eq!(
+            dests(c.decide(&frame("W1AW", b""), legit, PortKind::Ovp, t)),
+            vec![victim]
+        );
+        // A move into a shared address, and out of it again.
+        dests(c.decide(&frame("W1AW", b""), victim, PortKind::Ovp, t));
+        assert_eq!(c.destination_count(), 1);
+        assert_eq!(
+            dests(c.decide(&frame("F0", b""), victim, PortKind::Ovp, t)),
+            vec![victim]
+        );
+        dests(c.decide(&frame("W1AW", b""), legit, PortKind::Ovp, t));
+        // F0 shares its address with F1..F299, who must hear it: one copy.
+        let mut got = dests(c.decide(&frame("F0", b""), victim, PortKind::Ovp, t));
+        got.sort();
+        assert_eq!(got, vec![victim, legit]);
+        assert_consistent(&c);
+    }
+
+    /// Random traffic, moves, removals and coordinator updates over a small
+    /// address space: after every step the derived tables agree with the
+    /// slots, the caps hold for what this worker admitted itself, and every
+    /// fan-out is exactly the distinct addresses of the other stations.
+    #[test]
+    fn random_operations_keep_the_tables_consistent() {
+        let t = Instant::now();
+        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for reply_to in [ReplyTo::Source, ReplyTo::ListenPort] {
+            let mut c = capped(reply_to, 12, 4);
+            let (mut forwarded, mut refused) = (0, 0);
+            for _ in 0..5000 {
+                let cs = format!("S{}", next(20));
+                let src = addr(&format!("10.0.0.{}:{}", 1 + next(5), 1 + next(3)));
+                match next(10) {
+                    0 => c.apply(&Update::RemoveStation { id: id(&cs) }),
+                    1 => c.apply(&Update::Station { id: id(&cs), src }),
+                    _ => {
+                        let before = c.station_source(id(&cs));
+                        let (n, from_ip) = (c.station_count(), c.stations_from(src.ip()));
+                        match c.decide(&frame(&cs, b""), src, PortKind::Ovp, t) {
+                            Decision::Forward(f) => {
+                                let mut got: Vec<SocketAddr> = f.iter().copied().collect();
+                                assert_eq!(got.len(), f.len());
+                                got.sort();
+                                assert_eq!(got, c.stations.expected_fanout(id(&cs)));
+                                assert_eq!(c.station_source(id(&cs)), Some(src));
+                                forwarded += 1;
+                            }
+                            Decision::Drop(DropReason::StationLimit) => {
+                                assert_eq!(c.station_source(id(&cs)), before);
+                                let new_ip = before.is_none_or(|b| ip_key(b) != ip_key(src));
+                                assert!(new_ip);
+                                assert!(
+                                    (before.is_none() && n >= 12) || from_ip >= 4,
+                                    "refused below the caps"
+                                );
+                                refused += 1;
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                }
+                assert_consistent(&c);
+            }
+            assert!(forwarded > 1000 && refused > 100, "{forwarded} {refused}");
+            c.take_learned();
+        }
     }
 }

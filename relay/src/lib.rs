@@ -16,13 +16,16 @@
 //!   (buffer id, offset, length, peer, port) goes through [`batch::process`],
 //!   which returns sends (buffer id, destination) to the engine.
 //! - [`core`]: the sans-IO decision (bytes, peer, port kind, now) -> drop
-//!   reason or fan-out, over the worker's replica of the tables (OVP stations,
+//!   reason or fan-out (one copy per distinct address), over the worker's
+//!   replica of the tables (OVP stations, capped in total and per source IP;
 //!   voice routes) and its per-source rate limiter.
+//! - [`stations`]: a worker's OVP station table: slots, the distinct
+//!   destination addresses a fan-out is a slice of, stations per source IP.
 //! - [`update`]: coordinator -> worker table updates, worker -> coordinator
 //!   events (a new station, an address change, stations seen).
 //! - [`coordinator`] with [`registry`]: the one writer of the authoritative
-//!   station registry; broadcasts updates; expires stations on its own timer;
-//!   prints stats.
+//!   station registry (enforces the station caps); broadcasts updates;
+//!   expires stations on its own timer; prints stats.
 //! - [`hello`]: the sans-IO `HELLO <id> [<token>]` parser (voice port).
 //! - [`voice`]: the authoritative voice state (allowed users, registered
 //!   addresses, calls), owned by the coordinator; commands and HELLOs in,
@@ -62,5 +65,6 @@ pub mod net;
 pub mod observe;
 pub mod registry;
 pub mod relay;
+pub mod stations;
 pub mod update;
 pub mod voice;

@@ -51,6 +51,8 @@ pub enum Metric {
     DropDenied,
     /// Callsign not on the allow list.
     DropNotAllowed,
+    /// New OVP callsign (or a move to another IP) refused by a station cap.
+    DropStationLimit,
     /// Voice datagram from an address that is not registered.
     DropUnknownSource,
     /// Voice datagram from a registered address whose user is in no call.
@@ -94,7 +96,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric in index order.
-    pub const ALL: [Metric; 31] = [
+    pub const ALL: [Metric; 32] = [
         Metric::RxPackets,
         Metric::RxBytes,
         Metric::OvpFrames,
@@ -109,6 +111,7 @@ impl Metric {
         Metric::DropRateLimited,
         Metric::DropDenied,
         Metric::DropNotAllowed,
+        Metric::DropStationLimit,
         Metric::DropUnknownSource,
         Metric::DropNotInCall,
         Metric::DropPartnerNotRegistered,
@@ -147,6 +150,7 @@ impl Metric {
             Metric::DropRateLimited => "drop_rate_limited",
             Metric::DropDenied => "drop_denied",
             Metric::DropNotAllowed => "drop_not_allowed",
+            Metric::DropStationLimit => "drop_station_limit",
             Metric::DropUnknownSource => "drop_unknown_source",
             Metric::DropNotInCall => "drop_not_in_call",
             Metric::DropPartnerNotRegistered => "drop_partner_not_registered",
@@ -176,6 +180,7 @@ impl Metric {
             DropReason::RateLimited => Metric::DropRateLimited,
             DropReason::Denied => Metric::DropDenied,
             DropReason::NotAllowed => Metric::DropNotAllowed,
+            DropReason::StationLimit => Metric::DropStationLimit,
             DropReason::UnknownSource => Metric::DropUnknownSource,
             DropReason::NotInCall => Metric::DropNotInCall,
             DropReason::PartnerNotRegistered => Metric::DropPartnerNotRegistered,

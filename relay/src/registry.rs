@@ -1,14 +1,40 @@
 //! The authoritative OVP station registry, owned by the coordinator thread
 //! (its only writer). Sans-IO: events and `now` in, table updates and
 //! log-worthy notices out.
+//!
+//! Bounded: at most `max_stations` stations, at most `max_stations_per_ip`
+//! from one source IP. The workers check the same caps on their replicas
+//! first, but two of them may each admit the last free place; what the
+//! registry refuses is undone on every replica (a refused new station is
+//! removed, a refused move is sent back to its address).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use whelm_shared::ovp::StationId;
 
-use crate::update::{Learned, Update};
+use crate::stations::ip_key;
+use crate::update::{Learned, StationCap, Update};
+
+/// The station caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StationLimits {
+    /// Stations in total at most.
+    pub max_stations: usize,
+    /// Stations per source IP at most.
+    pub max_stations_per_ip: usize,
+}
+
+impl StationLimits {
+    /// The value of `cap`.
+    pub fn of(&self, cap: StationCap) -> usize {
+        match cap {
+            StationCap::Total => self.max_stations,
+            StationCap::PerIp => self.max_stations_per_ip,
+        }
+    }
+}
 
 /// One registered station.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +59,80 @@ pub enum Notice {
     Moved(StationId, SocketAddr, SocketAddr),
     /// Removed after the inactivity timeout.
     TimedOut(StationId, SocketAddr),
+    /// A new station (or a move to `src`) refused by a cap (by the registry
+    /// or first by a worker); the frame was dropped.
+    Refused {
+        /// The callsign.
+        id: StationId,
+        /// Where its frame came from.
+        src: SocketAddr,
+        /// Which cap.
+        cap: StationCap,
+        /// Its value.
+        limit: usize,
+    },
 }
 
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
     timeout: Duration,
+    limits: StationLimits,
     stations: BTreeMap<StationId, Station>,
+    /// Stations per source IP ([`ip_key`]); entries at zero are removed.
+    per_ip: HashMap<IpAddr, usize>,
     timed_out: u64,
 }
 
 impl Registry {
-    /// An empty registry expiring stations silent for `timeout`.
-    pub fn new(timeout: Duration) -> Registry {
+    /// An empty registry expiring stations silent for `timeout`, bounded by
+    /// `limits`.
+    pub fn new(timeout: Duration, limits: StationLimits) -> Registry {
         Registry {
             timeout,
+            limits,
             stations: BTreeMap::new(),
+            per_ip: HashMap::new(),
             timed_out: 0,
+        }
+    }
+
+    /// The caps in force.
+    pub fn limits(&self) -> StationLimits {
+        self.limits
+    }
+
+    /// New caps (a reload). Stations beyond them stay until they time out;
+    /// new ones are refused meanwhile.
+    pub fn set_limits(&mut self, limits: StationLimits) {
+        self.limits = limits;
+    }
+
+    /// Stations registered from `ip`.
+    pub fn stations_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+
+    fn ip_add(&mut self, src: SocketAddr) {
+        *self.per_ip.entry(ip_key(src)).or_insert(0) += 1;
+    }
+
+    fn ip_release(&mut self, src: SocketAddr) {
+        let k = ip_key(src);
+        if let Some(n) = self.per_ip.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&k);
+            }
+        }
+    }
+
+    fn refused(&self, id: StationId, src: SocketAddr, cap: StationCap) -> Notice {
+        Notice::Refused {
+            id,
+            src,
+            cap,
+            limit: self.limits.of(cap),
         }
     }
 
@@ -74,26 +157,63 @@ impl Registry {
     }
 
     /// A worker learned something: record it and say what to broadcast.
+    /// Beyond a cap: an update that undoes what the worker applied, and
+    /// [`Notice::Refused`].
     pub fn learned(&mut self, what: Learned, at: Instant) -> (Option<Update>, Option<Notice>) {
         let (id, src) = match what {
             Learned::NewStation { id, src } => (id, src),
             Learned::Moved { id, to, .. } => (id, to),
+            Learned::Refused {
+                id,
+                src,
+                cap,
+                limit,
+            } => {
+                return (
+                    None,
+                    Some(Notice::Refused {
+                        id,
+                        src,
+                        cap,
+                        limit,
+                    }),
+                );
+            }
         };
-        match self.stations.get_mut(&id) {
+        let ip_full = self.stations_from(src.ip()) >= self.limits.max_stations_per_ip;
+        match self.stations.get(&id).copied() {
             Some(s) if s.src == src => {
-                s.last_seen = s.last_seen.max(at);
+                if let Some(s) = self.stations.get_mut(&id) {
+                    s.last_seen = s.last_seen.max(at);
+                }
                 (None, None)
             }
+            Some(s) if ip_key(s.src) != ip_key(src) && ip_full => (
+                Some(Update::Station { id, src: s.src }),
+                Some(self.refused(id, src, StationCap::PerIp)),
+            ),
             Some(s) => {
-                let from = s.src;
-                s.src = src;
-                s.last_seen = s.last_seen.max(at);
+                self.ip_release(s.src);
+                self.ip_add(src);
+                if let Some(st) = self.stations.get_mut(&id) {
+                    st.src = src;
+                    st.last_seen = st.last_seen.max(at);
+                }
                 (
                     Some(Update::Station { id, src }),
-                    Some(Notice::Moved(id, from, src)),
+                    Some(Notice::Moved(id, s.src, src)),
                 )
             }
+            None if self.stations.len() >= self.limits.max_stations => (
+                Some(Update::RemoveStation { id }),
+                Some(self.refused(id, src, StationCap::Total)),
+            ),
+            None if ip_full => (
+                Some(Update::RemoveStation { id }),
+                Some(self.refused(id, src, StationCap::PerIp)),
+            ),
             None => {
+                self.ip_add(src);
                 self.stations.insert(
                     id,
                     Station {
@@ -133,6 +253,7 @@ impl Registry {
         dead.into_iter()
             .map(|(id, src)| {
                 self.stations.remove(&id);
+                self.ip_release(src);
                 self.timed_out += 1;
                 (Update::RemoveStation { id }, Notice::TimedOut(id, src))
             })
@@ -150,7 +271,13 @@ mod tests {
         let id = StationId::encode("W1AW").unwrap();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let mut r = Registry::new(Duration::from_secs(60));
+        let mut r = Registry::new(
+            Duration::from_secs(60),
+            StationLimits {
+                max_stations: 10,
+                max_stations_per_ip: 10,
+            },
+        );
         assert_eq!(
             r.learned(Learned::NewStation { id, src: a }, t),
             (
@@ -180,5 +307,158 @@ mod tests {
         );
         assert!(r.is_empty());
         assert_eq!(r.timed_out(), 1);
+    }
+
+    fn limits(max_stations: usize, max_stations_per_ip: usize) -> StationLimits {
+        StationLimits {
+            max_stations,
+            max_stations_per_ip,
+        }
+    }
+
+    fn new(r: &mut Registry, cs: &str, src: &str, t: Instant) -> (Option<Update>, Option<Notice>) {
+        let id = StationId::encode(cs).unwrap();
+        r.learned(
+            Learned::NewStation {
+                id,
+                src: src.parse().unwrap(),
+            },
+            t,
+        )
+    }
+
+    #[test]
+    fn caps_refuse_and_undo_what_a_worker_applied() {
+        let t = Instant::now();
+        let id = |cs: &str| StationId::encode(cs).unwrap();
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let mut r = Registry::new(Duration::from_secs(60), limits(3, 2));
+        assert!(new(&mut r, "A1", "10.0.0.1:1", t).1.is_some());
+        assert!(new(&mut r, "A2", "10.0.0.1:2", t).1.is_some());
+        // Two workers each admitted a third station from 10.0.0.1: the
+        // registry refuses it and every replica removes it.
+        assert_eq!(
+            new(&mut r, "A3", "10.0.0.1:3", t),
+            (
+                Some(Update::RemoveStation { id: id("A3") }),
+                Some(Notice::Refused {
+                    id: id("A3"),
+                    src: "10.0.0.1:3".parse().unwrap(),
+                    cap: StationCap::PerIp,
+                    limit: 2
+                })
+            )
+        );
+        assert!(new(&mut r, "B", "10.0.0.2:1", t).1.is_some());
+        assert_eq!(
+            new(&mut r, "C", "10.0.0.3:1", t),
+            (
+                Some(Update::RemoveStation { id: id("C") }),
+                Some(Notice::Refused {
+                    id: id("C"),
+                    src: "10.0.0.3:1".parse().unwrap(),
+                    cap: StationCap::Total,
+                    limit: 3
+                })
+            )
+        );
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.stations_from(a.ip()), 2);
+        // B moving to 10.0.0.1 is refused and sent back to its address.
+        let b = id("B");
+        let b_src: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let to: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            r.learned(
+                Learned::Moved {
+                    id: b,
+                    from: b_src,
+                    to
+                },
+                t
+            ),
+            (
+                Some(Update::Station { id: b, src: b_src }),
+                Some(Notice::Refused {
+                    id: b,
+                    src: to,
+                    cap: StationCap::PerIp,
+                    limit: 2
+                })
+            )
+        );
+        // A move within 10.0.0.1 is fine.
+        let a9: SocketAddr = "10.0.0.1:7".parse().unwrap();
+        assert_eq!(
+            new(&mut r, "A1", "10.0.0.1:7", t),
+            (
+                Some(Update::Station {
+                    id: id("A1"),
+                    src: a9
+                }),
+                Some(Notice::Moved(id("A1"), a, a9))
+            )
+        );
+        assert_eq!(r.stations_from(a.ip()), 2);
+        // A worker's own refusal is passed on for the log, nothing changes.
+        let w = Learned::Refused {
+            id: id("Z"),
+            src: a,
+            cap: StationCap::Total,
+            limit: 3,
+        };
+        assert_eq!(
+            r.learned(w, t),
+            (
+                None,
+                Some(Notice::Refused {
+                    id: id("Z"),
+                    src: a,
+                    cap: StationCap::Total,
+                    limit: 3
+                })
+            )
+        );
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn expiry_and_reload_change_the_room() {
+        let t = Instant::now();
+        let mut r = Registry::new(Duration::from_secs(60), limits(2, 1));
+        new(&mut r, "A", "10.0.0.1:1", t);
+        new(&mut r, "B", "10.0.0.2:1", t + Duration::from_secs(30));
+        assert!(matches!(
+            new(&mut r, "C", "10.0.0.3:1", t).1,
+            Some(Notice::Refused { .. })
+        ));
+        // A times out: room for one, and 10.0.0.1 is free again.
+        assert_eq!(r.expire(t + Duration::from_secs(60)).len(), 1);
+        assert_eq!(r.stations_from("10.0.0.1".parse().unwrap()), 0);
+        assert!(matches!(
+            new(&mut r, "A2", "10.0.0.1:2", t + Duration::from_secs(60)).1,
+            Some(Notice::New(..))
+        ));
+        assert!(matches!(
+            new(&mut r, "C", "10.0.0.3:1", t).1,
+            Some(Notice::Refused { .. })
+        ));
+        // Lowering the caps removes nobody; raising them admits again.
+        r.set_limits(limits(1, 1));
+        assert_eq!(r.len(), 2);
+        assert!(matches!(
+            new(&mut r, "C", "10.0.0.3:1", t).1,
+            Some(Notice::Refused {
+                cap: StationCap::Total,
+                limit: 1,
+                ..
+            })
+        ));
+        r.set_limits(limits(3, 1));
+        assert!(matches!(
+            new(&mut r, "C", "10.0.0.3:1", t).1,
+            Some(Notice::New(..))
+        ));
+        assert_eq!(r.limits(), limits(3, 1));
     }
 }

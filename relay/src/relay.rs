@@ -33,6 +33,7 @@ use crate::engine::{self, EngineKind, WorkerCtx};
 use crate::metrics::{RelayGauges, WorkerCounters, WorkerView};
 use crate::net::{bind_udp, local_addr};
 use crate::observe::Watchdog;
+use crate::registry::StationLimits;
 use crate::update::{Event, Hello};
 
 /// HELLOs queued for the coordinator at most; a flood beyond is dropped and
@@ -161,6 +162,8 @@ pub fn run(
         station_burst: cfg.station_burst,
         allow: cfg.allow.clone(),
         deny: cfg.deny.clone(),
+        max_stations: cfg.max_stations,
+        max_stations_per_ip: cfg.max_stations_per_ip,
     };
     let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Event>();
     let (hello_tx, hello_rx) = crossbeam_channel::bounded::<Hello>(HELLO_QUEUE);
@@ -247,6 +250,10 @@ pub fn run(
         bandwidth_mbps: cfg.bandwidth_mbps,
         station_rate: cfg.station_rate,
         station_burst: cfg.station_burst,
+        stations: StationLimits {
+            max_stations: cfg.max_stations,
+            max_stations_per_ip: cfg.max_stations_per_ip,
+        },
     };
     let ready_flag = Arc::new(AtomicBool::new(false));
     let watchdog = Watchdog::from_env(n);

@@ -5,8 +5,9 @@
 //!   [`Update::Commit`], applied as a whole between two batches (atomic from
 //!   the worker's point of view) and acknowledged with [`Event::Applied`].
 //! - [`Event`]: worker (or main, or the command socket threads) ->
-//!   coordinator: what a worker learned, which stations it saw, that it
-//!   applied a commit, command channel traffic, shutdown.
+//!   coordinator: what a worker learned (or refused, at most once a minute
+//!   per worker), which stations it saw, that it applied a commit, command
+//!   channel traffic, shutdown.
 //! - [`Hello`]: worker -> coordinator on their own bounded channel (a HELLO
 //!   flood is dropped and counted at the worker, never blocks it).
 
@@ -69,6 +70,14 @@ pub enum Update {
         /// Burst in frames.
         burst: u32,
     },
+    /// OVP station caps (a configuration reload). Stations already
+    /// registered stay; new ones are refused while a cap is reached.
+    StationLimits {
+        /// Stations in total at most.
+        max_stations: usize,
+        /// Stations per source IP at most.
+        max_stations_per_ip: usize,
+    },
     /// Replace the OVP allow list (None: no allow list) and deny list
     /// (a configuration reload).
     Lists {
@@ -87,8 +96,27 @@ pub enum Update {
     },
 }
 
+/// Which OVP station cap refused a station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StationCap {
+    /// `max_stations`: the registry is full.
+    Total,
+    /// `max_stations_per_ip`: the source IP has its share.
+    PerIp,
+}
+
+impl StationCap {
+    /// The configuration key that sets this cap.
+    pub fn key(self) -> &'static str {
+        match self {
+            StationCap::Total => "max_stations",
+            StationCap::PerIp => "max_stations_per_ip",
+        }
+    }
+}
+
 /// Something a worker learned from traffic and already applied to its own
-/// replica.
+/// replica, or (`Refused`) did not apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learned {
     /// First valid frame from a callsign.
@@ -106,6 +134,20 @@ pub enum Learned {
         from: SocketAddr,
         /// The new source address.
         to: SocketAddr,
+    },
+    /// A new callsign, or a move to another IP, refused by a station cap
+    /// (the frame was dropped as `station_limit`). Reported at most once a
+    /// minute per worker ([`crate::core::STATION_LIMIT_REPORT`]), only so the
+    /// coordinator can log it; the counter counts every refusal.
+    Refused {
+        /// The callsign.
+        id: StationId,
+        /// Where its frame came from.
+        src: SocketAddr,
+        /// The cap that refused it.
+        cap: StationCap,
+        /// That cap's value.
+        limit: usize,
     },
 }
 

@@ -429,7 +429,11 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<()> {
         &users,
         o.calls,
         &StackExtras {
-            relay_args: vec!["--reply-to".into(), "source".into()],
+            relay_args: [
+                vec!["--reply-to".into(), "source".into()],
+                crate::calls::station_cap_args(&o.relay_bin, o.stations),
+            ]
+            .concat(),
             extra_connections: 2 * o.pairs,
         },
     )?;
