@@ -48,7 +48,12 @@ impl SqliteStore {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL mode");
         }
-        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        // The page cache is SQLite's own copy of pages the kernel caches
+        // anyway; at the default 2 MiB it is a quarter of control's memory
+        // and grows with the database until full (the soak saw +6% RSS in
+        // 15 minutes). 256 KiB holds the hot pages of an append-mostly
+        // message table and its indexes.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -256;")?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore {
             conn,
