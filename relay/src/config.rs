@@ -701,7 +701,7 @@ impl Config {
             buffer_size: BUFFER_SIZE,
             send_slots: m.int("send_slots", 16, 65_535)? as u32,
             batch: m.int("batch", 1, 1024)? as u32,
-            coalesce: Duration::from_micros(m.int("coalesce_us", 0, 1000)? as u64),
+            coalesce: Duration::from_micros(m.int("coalesce_us", 0, 1000)?),
             coalesce_above: m.int("coalesce_above", 1, 100_000_000)? as u32,
         };
         let socket = m.str("control_socket")?;

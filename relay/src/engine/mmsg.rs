@@ -117,6 +117,7 @@ impl MmsgEngine {
             // look without waiting; otherwise wake for the first one.
             let timeout_ms = match coalesce.delay() {
                 Some(delay) => {
+                    ctx.local.inc(Metric::CoalescedWaits);
                     std::thread::sleep(delay);
                     0
                 }

@@ -13,6 +13,10 @@
 //! ends on traffic, on the worker's eventfd (written by the coordinator after
 //! it queued updates, so a table change reaches an idle worker at once), or
 //! after [`WORKER_TICK`] (timers, shutdown).
+//!
+//! Under load (above `coalesce_above` datagrams/s per worker) the wait is
+//! a [`Coalescer`] delay instead: datagrams gather for up to `coalesce_us`
+//! so that one wake-up, one pass and one send submission handle a batch.
 
 pub mod bufring;
 pub mod mmsg;
@@ -79,7 +83,11 @@ impl Coalescer {
         // received / elapsed >= above  <=>  received * 1e9 >= above * ns
         let lhs = u128::from(self.received) * 1_000_000_000;
         let rhs = u128::from(self.above) * elapsed.as_nanos();
-        self.active = if self.active { 2 * lhs >= rhs } else { lhs >= rhs };
+        self.active = if self.active {
+            2 * lhs >= rhs
+        } else {
+            lhs >= rhs
+        };
         self.received = 0;
         self.window_start = now;
     }

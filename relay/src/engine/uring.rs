@@ -399,6 +399,7 @@ impl UringEngine {
                 let res = if more_pending {
                     submitter.submit_with_args(0, &args)
                 } else if let Some(delay) = coalesce.delay() {
+                    ctx.local.inc(Metric::CoalescedWaits);
                     // Sleep up to `delay`, or until COALESCE_BATCH more
                     // completions. (IORING_ENTER min_wait_usec was tried:
                     // with DEFER_TASKRUN it held the wait until the full
