@@ -54,6 +54,10 @@ pub const MAX_STATION_CAP: i64 = 1_000_000;
 pub const DEFAULT_STATS_SECS: u64 = 60;
 /// Default of `metrics_listen` (loopback only; control uses 9501).
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9502";
+/// Default longest wake-up coalescing delay under load (µs).
+pub const DEFAULT_COALESCE_US: u32 = 50;
+/// Default per-worker receive rate above which wake-ups coalesce (1/s).
+pub const DEFAULT_COALESCE_ABOVE: u32 = 50_000;
 /// Highest bandwidth limit accepted, Mbit/s.
 pub const MAX_BANDWIDTH_MBPS: u64 = 1_000_000;
 
@@ -189,6 +193,16 @@ pub struct Cli {
     /// Receive batch size (datagrams handled per batch; 64).
     #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
+    /// Under load, let datagrams gather for up to this many microseconds
+    /// before a worker wakes, so that one wake-up handles a batch (50; 0
+    /// turns it off). Adds at most this much latency, only above
+    /// --coalesce-above.
+    #[arg(long, value_name = "USECS")]
+    pub coalesce_us: Option<u32>,
+    /// Datagrams per second received by one worker above which it
+    /// coalesces wake-ups (50000).
+    #[arg(long, value_name = "PPS")]
+    pub coalesce_above: Option<u32>,
     /// Prometheus endpoint, `off` to disable (127.0.0.1:9502; env
     /// WHELM_METRICS_LISTEN).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -283,6 +297,12 @@ pub struct FileConfig {
     /// `--batch`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<i64>,
+    /// `--coalesce-us`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_us: Option<i64>,
+    /// `--coalesce-above`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_above: Option<i64>,
     /// `--metrics-listen` ("" or "off" disables)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
@@ -361,6 +381,8 @@ impl FileConfig {
             buffers: cli.buffers.map(i64::from),
             send_slots: cli.send_slots.map(i64::from),
             batch: cli.batch.map(i64::from),
+            coalesce_us: cli.coalesce_us.map(i64::from),
+            coalesce_above: cli.coalesce_above.map(i64::from),
             metrics_listen: cli.metrics_listen.clone(),
         }
     }
@@ -403,6 +425,8 @@ pub fn defaults() -> FileConfig {
         buffers: Some(4096),
         send_slots: Some(4096),
         batch: Some(64),
+        coalesce_us: Some(i64::from(DEFAULT_COALESCE_US)),
+        coalesce_above: Some(i64::from(DEFAULT_COALESCE_ABOVE)),
         metrics_listen: Some(DEFAULT_METRICS.into()),
     }
 }
@@ -536,6 +560,11 @@ pub struct EngineSizes {
     pub send_slots: u32,
     /// Datagrams per receive batch.
     pub batch: u32,
+    /// Longest a loaded worker lets datagrams gather before it wakes
+    /// (zero: never).
+    pub coalesce: Duration,
+    /// Received datagrams per second (per worker) above which it coalesces.
+    pub coalesce_above: u32,
 }
 
 /// Resolved configuration.
@@ -708,6 +737,8 @@ impl Config {
             buffer_size: BUFFER_SIZE,
             send_slots: m.int("send_slots", 16, 65_535)? as u32,
             batch: m.int("batch", 1, 1024)? as u32,
+            coalesce: Duration::from_micros(m.int("coalesce_us", 0, 1000)?),
+            coalesce_above: m.int("coalesce_above", 1, 100_000_000)? as u32,
         };
         let socket = m.str("control_socket")?;
         let control_socket_explicit =

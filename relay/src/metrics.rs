@@ -78,6 +78,8 @@ pub enum Metric {
     RecvRearms,
     /// Other receive errors.
     RecvErrors,
+    /// Waits that let datagrams gather (wake-up coalescing under load).
+    CoalescedWaits,
     /// Loop iterations, idle wake-ups included: the worker's heartbeat (the
     /// coordinator feeds the systemd watchdog only while it moves).
     Loops,
@@ -124,6 +126,7 @@ impl Metric {
         Metric::RecvNoBufs,
         Metric::RecvRearms,
         Metric::RecvErrors,
+        Metric::CoalescedWaits,
         Metric::Loops,
         Metric::Batches,
         Metric::BatchItems,
@@ -163,6 +166,7 @@ impl Metric {
             Metric::RecvNoBufs => "recv_enobufs",
             Metric::RecvRearms => "recv_rearms",
             Metric::RecvErrors => "recv_errors",
+            Metric::CoalescedWaits => "coalesced_waits",
             Metric::Loops => "loops",
             Metric::Batches => "batches",
             Metric::BatchItems => "batch_items",
@@ -243,6 +247,8 @@ pub mod prom {
     pub const RECV_REARMS: &str = "whelm_relay_recv_rearms_total";
     /// `{worker}` other receive errors.
     pub const RECV_ERRORS: &str = "whelm_relay_recv_errors_total";
+    /// `{worker}` coalesced waits.
+    pub const COALESCED_WAITS: &str = "whelm_relay_coalesced_waits_total";
     /// `{worker}` loop iterations (the heartbeat the watchdog checks).
     pub const LOOPS: &str = "whelm_relay_worker_loops_total";
     /// `{worker}` summary: `_sum` completions/datagrams, `_count` batches.
@@ -287,6 +293,7 @@ pub fn prom_series(m: Metric) -> (&'static str, Option<(&'static str, &'static s
         Metric::RecvNoBufs => (RECV_ENOBUFS, None),
         Metric::RecvRearms => (RECV_REARMS, None),
         Metric::RecvErrors => (RECV_ERRORS, None),
+        Metric::CoalescedWaits => (COALESCED_WAITS, None),
         Metric::Loops => (LOOPS, None),
         Metric::Batches => ("whelm_relay_batch_size_count", None),
         Metric::BatchItems => ("whelm_relay_batch_size_sum", None),
@@ -368,6 +375,10 @@ fn help(family: &str) -> (&'static str, &'static str) {
         ),
         RECV_REARMS => ("counter", "Multishot receives armed or re-armed."),
         RECV_ERRORS => ("counter", "Other receive errors."),
+        COALESCED_WAITS => (
+            "counter",
+            "Waits that let datagrams gather (wake-up coalescing under load).",
+        ),
         LOOPS => ("counter", "Worker loop iterations, idle wake-ups included."),
         BATCH_SIZE => (
             "summary",

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use socket2::SockAddr;
 
-use super::{PORTS, WORKER_TICK, WorkerCtx};
+use super::{Coalescer, PORTS, WORKER_TICK, WorkerCtx};
 use crate::batch::{Batch, RecvItem, process};
 use crate::core::PortKind;
 use crate::metrics::Metric;
@@ -105,16 +105,29 @@ impl MmsgEngine {
             events: libc::POLLIN,
             revents: 0,
         });
-        let timeout_ms = WORKER_TICK.as_millis() as libc::c_int;
+        let tick_ms = WORKER_TICK.as_millis() as libc::c_int;
+        let mut coalesce =
+            Coalescer::new(ctx.sizes.coalesce, ctx.sizes.coalesce_above, Instant::now());
         while !ctx.stopping() {
             ctx.apply_updates();
             for p in pfds.iter_mut() {
                 p.revents = 0;
             }
+            // Under load, let datagrams gather (a sleep of `delay`), then
+            // look without waiting; otherwise wake for the first one.
+            let timeout_ms = match coalesce.delay() {
+                Some(delay) => {
+                    ctx.local.inc(Metric::CoalescedWaits);
+                    std::thread::sleep(delay);
+                    0
+                }
+                None => tick_ms,
+            };
             // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs
             // for the duration of the call.
             let n =
                 unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+            let mut received = 0;
             if n > 0 {
                 if pfds[fds.len()].revents & libc::POLLIN != 0 {
                     // Readable, so this read does not block; it resets the
@@ -129,6 +142,7 @@ impl MmsgEngine {
                     // other socket and the updates get their turn.
                     for _ in 0..16 {
                         let got = self.recv_batch(ctx, fds[i], PORTS[i]);
+                        received += got;
                         if got > 0 {
                             ctx.local.inc(Metric::Batches);
                             ctx.local.add(Metric::BatchItems, got as u64);
@@ -140,7 +154,9 @@ impl MmsgEngine {
                     }
                 }
             }
-            ctx.after_batch(Instant::now());
+            let now = Instant::now();
+            coalesce.record(now, received);
+            ctx.after_batch(now);
         }
         ctx.local.publish(&ctx.counters);
         Ok(())

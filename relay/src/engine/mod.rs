@@ -13,6 +13,10 @@
 //! ends on traffic, on the worker's eventfd (written by the coordinator after
 //! it queued updates, so a table change reaches an idle worker at once), or
 //! after [`WORKER_TICK`] (timers, shutdown).
+//!
+//! Under load (above `coalesce_above` datagrams/s per worker) the wait is
+//! a [`Coalescer`] delay instead: datagrams gather for up to `coalesce_us`
+//! so that one wake-up, one pass and one send submission handle a batch.
 
 pub mod bufring;
 pub mod mmsg;
@@ -37,6 +41,63 @@ use crate::update::{Event, Hello, Update};
 pub const WORKER_TICK: Duration = Duration::from_millis(100);
 /// How often a worker reports the stations it saw to the coordinator.
 pub const SEEN_REPORT: Duration = Duration::from_millis(500);
+
+/// How long a worker measures its receive rate before it decides again
+/// whether to coalesce wake-ups.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(2);
+
+/// Wake-up coalescing, the interrupt moderation of a NIC done by the worker
+/// itself: at low rates every datagram wakes the worker at once (lowest
+/// latency); above a rate, the worker's wait lets datagrams gather for up to
+/// a fixed delay so that one wake-up, one pass and one send submission
+/// handle several. The rate is measured per [`COALESCE_WINDOW`], with
+/// hysteresis: on at the threshold, off below half of it.
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    delay: Duration,
+    above: u64,
+    window_start: Instant,
+    received: u64,
+    active: bool,
+}
+
+impl Coalescer {
+    /// `delay` zero turns coalescing off; `above` is in datagrams/s.
+    pub fn new(delay: Duration, above: u32, now: Instant) -> Coalescer {
+        Coalescer {
+            delay,
+            above: u64::from(above),
+            window_start: now,
+            received: 0,
+            active: false,
+        }
+    }
+
+    /// Counts `n` received datagrams; at the end of a window, decides.
+    pub fn record(&mut self, now: Instant, n: usize) {
+        self.received += n as u64;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < COALESCE_WINDOW {
+            return;
+        }
+        // received / elapsed >= above  <=>  received * 1e9 >= above * ns
+        let lhs = u128::from(self.received) * 1_000_000_000;
+        let rhs = u128::from(self.above) * elapsed.as_nanos();
+        self.active = if self.active {
+            2 * lhs >= rhs
+        } else {
+            lhs >= rhs
+        };
+        self.received = 0;
+        self.window_start = now;
+    }
+
+    /// The delay for the next wait, `None` when the worker should wake for
+    /// the first datagram.
+    pub fn delay(&self) -> Option<Duration> {
+        (self.active && !self.delay.is_zero()).then_some(self.delay)
+    }
+}
 
 /// The engine a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +276,11 @@ fn run_worker(
     if let Err(e) = crate::net::pin_to(ctx.cpu) {
         tracing::warn!(worker = ctx.index, "not pinned: {e:#}");
     }
+    // Coalesced waits are tens of microseconds; the default 50 µs slack
+    // would double them.
+    if let Err(e) = nix::sys::prctl::set_timerslack(1_000) {
+        tracing::warn!(worker = ctx.index, "timer slack left at default: {e}");
+    }
     let (index, cpu) = (ctx.index, ctx.cpu);
     if choice != EngineChoice::Mmsg {
         match uring::UringEngine::new(&ctx) {
@@ -238,4 +304,42 @@ fn run_worker(
     let mut eng = mmsg::MmsgEngine::new(&ctx);
     let _ = ready.send(Ok((index, cpu, EngineKind::Mmsg)));
     eng.run(&mut ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_follows_the_rate_with_hysteresis() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Coalescer::new(Duration::from_micros(50), 50_000, t0);
+        assert_eq!(c.delay(), None);
+        // 40/ms = 40k/s: stays off.
+        c.record(t0 + ms, 40);
+        c.record(t0 + 2 * ms, 40);
+        assert_eq!(c.delay(), None);
+        // 120 in 2 ms = 60k/s: on.
+        c.record(t0 + 3 * ms, 60);
+        c.record(t0 + 4 * ms, 60);
+        assert_eq!(c.delay(), Some(Duration::from_micros(50)));
+        // 30k/s: still on (above half the threshold).
+        c.record(t0 + 6 * ms, 60);
+        assert_eq!(c.delay(), Some(Duration::from_micros(50)));
+        // 20k/s: off.
+        c.record(t0 + 8 * ms, 40);
+        assert_eq!(c.delay(), None);
+        // A silent gap of a second counts as a rate of almost zero.
+        c.record(t0 + 1000 * ms, 60);
+        assert_eq!(c.delay(), None);
+    }
+
+    #[test]
+    fn zero_delay_never_coalesces() {
+        let t0 = Instant::now();
+        let mut c = Coalescer::new(Duration::ZERO, 1, t0);
+        c.record(t0 + Duration::from_millis(3), 1_000_000);
+        assert_eq!(c.delay(), None);
+    }
 }

@@ -31,13 +31,15 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockAddr;
 
 use super::bufring::BufRing;
-use super::{PORTS, WORKER_TICK, WorkerCtx};
+use super::{Coalescer, PORTS, WORKER_TICK, WorkerCtx};
 use crate::batch::{RecvItem, process};
 use crate::core::PortKind;
 use crate::metrics::Metric;
 use crate::net::{for_socket, parse_sockaddr};
 
 const OP_SHIFT: u32 = 56;
+/// Datagrams a coalesced wait gathers before it returns early.
+const COALESCE_BATCH: usize = 64;
 /// user_data kind of a multishot receive (low bits: socket index).
 const OP_RECV: u64 = 1;
 /// user_data kind of a send (low bits: slot index).
@@ -51,9 +53,10 @@ fn user_data(op: u64, idx: usize) -> u64 {
     (op << OP_SHIFT) | idx as u64
 }
 
-/// One in-flight send: the kernel reads `hdr`, which points at `iov` (into
-/// the receive buffer) and `addr`. Slots live in a boxed slice that never
-/// moves, so these self-pointers stay valid.
+/// One in-flight send: the kernel reads `addr` (SEND with an address), or
+/// `hdr`, which points at `iov` (into the receive buffer) and `addr`
+/// (SENDMSG). Slots live in a boxed slice that never moves, so these
+/// self-pointers stay valid until the send completes.
 struct SendSlot {
     hdr: libc::msghdr,
     iov: libc::iovec,
@@ -79,6 +82,9 @@ pub struct UringEngine {
     wake_buf: Box<u64>,
     cqes: Vec<(u64, i32, u32)>,
     setup: &'static str,
+    /// `IORING_OP_SEND` with a destination address (Linux 6.0) instead of
+    /// `SENDMSG`: the kernel copies a sockaddr, not a msghdr and an iovec.
+    send_to: bool,
 }
 
 fn build_ring(entries: u32, cq: u32) -> io::Result<(IoUring, &'static str)> {
@@ -122,6 +128,10 @@ impl UringEngine {
                 anyhow::bail!("io_uring opcode {name} not supported");
             }
         }
+        // DEFER_TASKRUN needs 6.1, so a ring that has it also has SEND with
+        // an address; older kernels reject the address (EINVAL per send).
+        let send_to =
+            setup == "single_issuer+defer_taskrun" && probe.is_supported(opcode::Send::CODE);
         let nbufs = u16::try_from(s.buffers).context("buffer count above 32768")?;
         let bufs = BufRing::new(nbufs, s.buffer_size, 0).context("allocating buffer ring")?;
         // SAFETY: the ring memory is page aligned, holds `entries()` entries
@@ -169,6 +179,7 @@ impl UringEngine {
             wake_buf: Box::new(0),
             cqes: Vec::with_capacity(cq as usize),
             setup,
+            send_to,
         })
     }
 
@@ -177,8 +188,9 @@ impl UringEngine {
         tracing::info!(
             worker = ctx.index,
             core = ctx.cpu,
-            "engine=uring setup={} buffers={} send_slots={}",
+            "engine=uring setup={} send={} buffers={} send_slots={}",
             self.setup,
+            if self.send_to { "send" } else { "sendmsg" },
             self.bufs.entries(),
             self.slots.len()
         );
@@ -188,6 +200,8 @@ impl UringEngine {
             .sec(WORKER_TICK.as_secs())
             .nsec(WORKER_TICK.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&tick);
+        let mut coalesce =
+            Coalescer::new(ctx.sizes.coalesce, ctx.sizes.coalesce_above, Instant::now());
         let cq_cap = self.cqes.capacity();
         ctx.local.set(Metric::SendSlots, self.slots.len() as u64);
         while !ctx.stopping() {
@@ -205,8 +219,10 @@ impl UringEngine {
                     wake_armed,
                     wake_buf,
                     cqes,
+                    send_to,
                     ..
                 } = self;
+                let send_to = *send_to;
                 let (submitter, mut sq, mut cq) = ring.split();
                 cqes.clear();
                 cq.sync();
@@ -220,6 +236,9 @@ impl UringEngine {
                 drop(cq);
                 let more_pending = cqes.len() >= cq_cap;
                 let mut slot_drops = 0u64;
+                // Datagrams received and sends queued by this pass.
+                let mut received = 0usize;
+                let mut sends = 0usize;
                 for &(ud, res, flags) in cqes.iter() {
                     let op = ud >> OP_SHIFT;
                     let idx = (ud & ((1 << OP_SHIFT) - 1)) as usize;
@@ -285,6 +304,7 @@ impl UringEngine {
                         continue;
                     };
                     let payload = &whole[off..off + len];
+                    received += 1;
                     let item = RecvItem {
                         buf: bid,
                         off: off as u32,
@@ -303,19 +323,26 @@ impl UringEngine {
                             };
                             let slot = &mut slots[usize::from(si)];
                             slot.addr = SockAddr::from(for_socket(dest, v6));
-                            slot.iov = libc::iovec {
-                                iov_base: payload.as_ptr() as *mut c_void,
-                                iov_len: payload.len(),
-                            };
-                            slot.hdr.msg_name = slot.addr.as_ptr() as *mut c_void;
-                            slot.hdr.msg_namelen = slot.addr.len();
-                            slot.hdr.msg_iov = &mut slot.iov;
-                            slot.hdr.msg_iovlen = 1;
                             slot.buf = bid;
                             slot.port = item.port;
-                            let sqe = opcode::SendMsg::new(types::Fd(fd), &slot.hdr)
-                                .build()
-                                .user_data(user_data(OP_SEND, usize::from(si)));
+                            let sqe = if send_to {
+                                let len = payload.len() as u32;
+                                opcode::Send::new(types::Fd(fd), payload.as_ptr(), len)
+                                    .dest_addr(slot.addr.as_ptr().cast())
+                                    .dest_addr_len(slot.addr.len())
+                                    .build()
+                            } else {
+                                slot.iov = libc::iovec {
+                                    iov_base: payload.as_ptr() as *mut c_void,
+                                    iov_len: payload.len(),
+                                };
+                                slot.hdr.msg_name = slot.addr.as_ptr() as *mut c_void;
+                                slot.hdr.msg_namelen = slot.addr.len();
+                                slot.hdr.msg_iov = &mut slot.iov;
+                                slot.hdr.msg_iovlen = 1;
+                                opcode::SendMsg::new(types::Fd(fd), &slot.hdr).build()
+                            };
+                            let sqe = sqe.user_data(user_data(OP_SEND, usize::from(si)));
                             if push_sqe(&submitter, &mut sq, &sqe) {
                                 true
                             } else {
@@ -324,6 +351,7 @@ impl UringEngine {
                                 false
                             }
                         });
+                    sends += queued as usize;
                     if queued == 0 {
                         bufs.push(bid);
                     } else {
@@ -362,8 +390,27 @@ impl UringEngine {
                 sq.sync();
                 drop(sq);
                 ctx.after_batch(now);
-                let want = usize::from(!more_pending);
-                match submitter.submit_with_args(want, &args) {
+                coalesce.record(now, received);
+                // The sends submitted by this call complete during it (UDP
+                // sends rarely wait), so the wait asks for that many CQEs
+                // plus the next datagram's: one io_uring_enter per pass,
+                // not one that returns at once with the send completions
+                // and a second that sleeps.
+                let res = if more_pending {
+                    submitter.submit_with_args(0, &args)
+                } else if let Some(delay) = coalesce.delay() {
+                    ctx.local.inc(Metric::CoalescedWaits);
+                    // Sleep up to `delay`, or until COALESCE_BATCH more
+                    // completions. (IORING_ENTER min_wait_usec was tried:
+                    // with DEFER_TASKRUN it held the wait until the full
+                    // count, hundreds of microseconds at 200k/s.)
+                    let d = types::Timespec::new().nsec(delay.subsec_nanos());
+                    let a = types::SubmitArgs::new().timespec(&d);
+                    submitter.submit_with_args(sends + COALESCE_BATCH, &a)
+                } else {
+                    submitter.submit_with_args(sends + 1, &args)
+                };
+                match res {
                     Ok(_) => {}
                     Err(e)
                         if matches!(
@@ -430,8 +477,9 @@ fn push_sqe(
 ) -> bool {
     for _ in 0..4 {
         // SAFETY: every pointer in the entries we push stays valid until the
-        // completion: a send's msghdr/iovec/sockaddr live in a send slot that
-        // is not reused before its completion, and its data buffer is not
+        // completion: a send's sockaddr (and, for SENDMSG, its msghdr and
+        // iovec) live in a send slot that is not reused before its
+        // completion, and its data buffer is not
         // returned to the buffer ring before its reference count reaches 0;
         // the receive msghdr and the eventfd read's 8-byte buffer are boxed
         // in the engine; all of them outlive the ring (drain + field order).
