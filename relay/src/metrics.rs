@@ -98,7 +98,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric in index order.
-    pub const ALL: [Metric; 32] = [
+    pub const ALL: [Metric; 33] = [
         Metric::RxPackets,
         Metric::RxBytes,
         Metric::OvpFrames,
