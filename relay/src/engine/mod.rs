@@ -43,8 +43,10 @@ pub const WORKER_TICK: Duration = Duration::from_millis(100);
 pub const SEEN_REPORT: Duration = Duration::from_millis(500);
 
 /// How long a worker measures its receive rate before it decides again
-/// whether to coalesce wake-ups.
-pub const COALESCE_WINDOW: Duration = Duration::from_millis(2);
+/// whether to coalesce wake-ups. Long enough that a sender's burst (a
+/// sendmmsg of 64 datagrams) at a low average rate does not switch it on:
+/// with 2 ms, a 20,000/s load still saw a hundred coalesced waits per 5 s.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(10);
 
 /// Wake-up coalescing, the interrupt moderation of a NIC done by the worker
 /// itself: at low rates every datagram wakes the worker at once (lowest
@@ -313,25 +315,31 @@ mod tests {
     #[test]
     fn coalescing_follows_the_rate_with_hysteresis() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
+        let w = COALESCE_WINDOW;
+        // Datagrams in one window at `rate` per second.
+        let per_window = |rate: u64| (rate * w.as_micros() as u64 / 1_000_000) as usize;
         let mut c = Coalescer::new(Duration::from_micros(50), 50_000, t0);
         assert_eq!(c.delay(), None);
-        // 40/ms = 40k/s: stays off.
-        c.record(t0 + ms, 40);
-        c.record(t0 + 2 * ms, 40);
+        // 40k/s, in two halves: stays off; a decision needs a whole window.
+        c.record(t0 + w / 2, per_window(20_000));
         assert_eq!(c.delay(), None);
-        // 120 in 2 ms = 60k/s: on.
-        c.record(t0 + 3 * ms, 60);
-        c.record(t0 + 4 * ms, 60);
+        c.record(t0 + w, per_window(20_000));
+        assert_eq!(c.delay(), None);
+        // A burst of 64 inside a window at 20k/s on average: off.
+        c.record(t0 + w + w / 4, 64);
+        c.record(t0 + 2 * w, per_window(20_000) - 64);
+        assert_eq!(c.delay(), None);
+        // 60k/s: on.
+        c.record(t0 + 3 * w, per_window(60_000));
         assert_eq!(c.delay(), Some(Duration::from_micros(50)));
         // 30k/s: still on (above half the threshold).
-        c.record(t0 + 6 * ms, 60);
+        c.record(t0 + 4 * w, per_window(30_000));
         assert_eq!(c.delay(), Some(Duration::from_micros(50)));
         // 20k/s: off.
-        c.record(t0 + 8 * ms, 40);
+        c.record(t0 + 5 * w, per_window(20_000));
         assert_eq!(c.delay(), None);
-        // A silent gap of a second counts as a rate of almost zero.
-        c.record(t0 + 1000 * ms, 60);
+        // A silent second counts as a rate of almost zero.
+        c.record(t0 + 5 * w + Duration::from_secs(1), per_window(60_000));
         assert_eq!(c.delay(), None);
     }
 
@@ -339,7 +347,7 @@ mod tests {
     fn zero_delay_never_coalesces() {
         let t0 = Instant::now();
         let mut c = Coalescer::new(Duration::ZERO, 1, t0);
-        c.record(t0 + Duration::from_millis(3), 1_000_000);
+        c.record(t0 + 2 * COALESCE_WINDOW, 1_000_000);
         assert_eq!(c.delay(), None);
     }
 }
