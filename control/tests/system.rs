@@ -467,6 +467,20 @@ struct Traffic {
 }
 
 impl Traffic {
+    /// Waits (bounded) until every sender has sent at least `n`: the sender
+    /// paces itself at 50 rounds/s, but a stalled host can slow it down.
+    fn wait_sent(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let sent = self.sent.lock().unwrap();
+            if !sent.is_empty() && sent.values().all(|&v| v >= n) {
+                return;
+            }
+            drop(sent);
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `pairs`: (user id, its socket, partner id).
     fn start(pairs: Vec<(u64, UdpSocket, u64)>, relay: SocketAddr) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
@@ -583,6 +597,7 @@ fn control_killed_during_50_calls_and_restarted() {
     // SIGKILL control: its clients see EOF; the relay keeps forwarding.
     sigkill(&mut sys.control.child);
     thread::sleep(Duration::from_millis(1000));
+    traffic.wait_sent(75, Duration::from_secs(20));
     let (sent, recv) = traffic.finish();
     for (u, p) in &partner_of {
         let s = sent.get(p).copied().unwrap_or(0);
