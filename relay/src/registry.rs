@@ -8,13 +8,13 @@
 //! registry refuses is undone on every replica (a refused new station is
 //! removed, a refused move is sent back to its address).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use whelm_shared::ovp::StationId;
 
-use crate::stations::ip_key;
+use crate::stations::{IpCounts, ip_key};
 use crate::update::{Learned, StationCap, Update};
 
 /// The station caps.
@@ -79,8 +79,7 @@ pub struct Registry {
     timeout: Duration,
     limits: StationLimits,
     stations: BTreeMap<StationId, Station>,
-    /// Stations per source IP ([`ip_key`]); entries at zero are removed.
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: IpCounts,
     timed_out: u64,
 }
 
@@ -92,7 +91,7 @@ impl Registry {
             timeout,
             limits,
             stations: BTreeMap::new(),
-            per_ip: HashMap::new(),
+            per_ip: IpCounts::default(),
             timed_out: 0,
         }
     }
@@ -110,21 +109,7 @@ impl Registry {
 
     /// Stations registered from `ip`.
     pub fn stations_from(&self, ip: IpAddr) -> usize {
-        self.per_ip.get(&ip.to_canonical()).copied().unwrap_or(0)
-    }
-
-    fn ip_add(&mut self, src: SocketAddr) {
-        *self.per_ip.entry(ip_key(src)).or_insert(0) += 1;
-    }
-
-    fn ip_release(&mut self, src: SocketAddr) {
-        let k = ip_key(src);
-        if let Some(n) = self.per_ip.get_mut(&k) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_ip.remove(&k);
-            }
-        }
+        self.per_ip.get(ip)
     }
 
     fn refused(&self, id: StationId, src: SocketAddr, cap: StationCap) -> Notice {
@@ -193,8 +178,7 @@ impl Registry {
                 Some(self.refused(id, src, StationCap::PerIp)),
             ),
             Some(s) => {
-                self.ip_release(s.src);
-                self.ip_add(src);
+                self.per_ip.moved(s.src, src);
                 if let Some(st) = self.stations.get_mut(&id) {
                     st.src = src;
                     st.last_seen = st.last_seen.max(at);
@@ -213,7 +197,7 @@ impl Registry {
                 Some(self.refused(id, src, StationCap::PerIp)),
             ),
             None => {
-                self.ip_add(src);
+                self.per_ip.add(src);
                 self.stations.insert(
                     id,
                     Station {
@@ -253,7 +237,7 @@ impl Registry {
         dead.into_iter()
             .map(|(id, src)| {
                 self.stations.remove(&id);
-                self.ip_release(src);
+                self.per_ip.release(src);
                 self.timed_out += 1;
                 (Update::RemoveStation { id }, Notice::TimedOut(id, src))
             })

@@ -25,6 +25,47 @@ pub fn ip_key(a: SocketAddr) -> IpAddr {
     a.ip().to_canonical()
 }
 
+/// Stations per source IP ([`ip_key`]); no entry at zero. Kept by the
+/// worker's table and by the coordinator's registry alike.
+#[derive(Debug, Default, Clone)]
+pub struct IpCounts(FastMap<IpAddr, u32>);
+
+impl IpCounts {
+    /// Stations whose source IP is `ip` ([`ip_key`] applied).
+    pub fn get(&self, ip: IpAddr) -> usize {
+        self.0.get(&ip.to_canonical()).map_or(0, |&n| n as usize)
+    }
+
+    /// One more station sends from `src`'s IP.
+    pub fn add(&mut self, src: SocketAddr) {
+        *self.0.entry(ip_key(src)).or_insert(0) += 1;
+    }
+
+    /// One station fewer sends from `src`'s IP.
+    pub fn release(&mut self, src: SocketAddr) {
+        let k = ip_key(src);
+        if let Some(n) = self.0.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.0.remove(&k);
+            }
+        }
+    }
+
+    /// A station moved from `from` to `to` (nothing changes on one IP).
+    pub fn moved(&mut self, from: SocketAddr, to: SocketAddr) {
+        if ip_key(from) != ip_key(to) {
+            self.release(from);
+            self.add(to);
+        }
+    }
+
+    /// Number of IPs with stations.
+    pub fn ips(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A borrowed fan-out: every destination in `dests` except index `skip`.
 #[derive(Debug, Clone)]
 pub struct Fanout<'a> {
@@ -80,8 +121,7 @@ pub struct Stations {
     fan: Vec<SocketAddr>,
     fan_refs: Vec<u32>,
     fan_index: FastMap<SocketAddr, usize>,
-    /// Stations per source IP ([`ip_key`]); no entry at zero.
-    per_ip: FastMap<IpAddr, u32>,
+    per_ip: IpCounts,
 }
 
 impl Stations {
@@ -117,9 +157,7 @@ impl Stations {
 
     /// Stations whose source IP is `ip` ([`ip_key`] applied).
     pub fn from_ip(&self, ip: IpAddr) -> usize {
-        self.per_ip
-            .get(&ip.to_canonical())
-            .map_or(0, |&n| n as usize)
+        self.per_ip.get(ip)
     }
 
     /// Counts a valid frame of slot `i` for the next seen-report.
@@ -150,7 +188,7 @@ impl Stations {
         self.fan_slot.push(u);
         self.seen.push(0);
         self.index.insert(id, i);
-        *self.per_ip.entry(ip_key(src)).or_insert(0) += 1;
+        self.per_ip.add(src);
         i
     }
 
@@ -159,7 +197,7 @@ impl Stations {
         let Some(i) = self.index.remove(&id) else {
             return;
         };
-        self.ip_release(self.srcs[i]);
+        self.per_ip.release(self.srcs[i]);
         self.fan_release(self.fan_slot[i]);
         self.ids.swap_remove(i);
         self.srcs.swap_remove(i);
@@ -173,11 +211,7 @@ impl Stations {
 
     /// Moves slot `i` to source `src`, destination `dest`.
     pub fn set_src(&mut self, i: usize, src: SocketAddr, dest: SocketAddr) {
-        let old = self.srcs[i];
-        if ip_key(old) != ip_key(src) {
-            self.ip_release(old);
-            *self.per_ip.entry(ip_key(src)).or_insert(0) += 1;
-        }
+        self.per_ip.moved(self.srcs[i], src);
         self.srcs[i] = src;
         let from = self.dests[i];
         if from == dest {
@@ -207,16 +241,6 @@ impl Stations {
             }
         }
         out
-    }
-
-    fn ip_release(&mut self, src: SocketAddr) {
-        let k = ip_key(src);
-        if let Some(n) = self.per_ip.get_mut(&k) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_ip.remove(&k);
-            }
-        }
     }
 
     /// One more slot sends to `dest`; returns its place in `fan`.
@@ -301,9 +325,9 @@ impl Stations {
         for s in &self.srcs {
             *per_ip.entry(ip_key(*s)).or_default() += 1;
         }
-        assert_eq!(per_ip.len(), self.per_ip.len());
+        assert_eq!(per_ip.len(), self.per_ip.ips());
         for (ip, k) in per_ip {
-            assert_eq!(self.per_ip[&ip], k, "{ip}");
+            assert_eq!(self.per_ip.get(ip), k as usize, "{ip}");
         }
     }
 }

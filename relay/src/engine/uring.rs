@@ -196,9 +196,7 @@ impl UringEngine {
         );
         let fds: Vec<i32> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
         let wake_fd = ctx.wake.as_fd().as_raw_fd();
-        let tick = types::Timespec::new()
-            .sec(WORKER_TICK.as_secs())
-            .nsec(WORKER_TICK.subsec_nanos());
+        let tick = types::Timespec::from(WORKER_TICK);
         let args = types::SubmitArgs::new().timespec(&tick);
         let mut coalesce =
             Coalescer::new(ctx.sizes.coalesce, ctx.sizes.coalesce_above, Instant::now());
@@ -404,7 +402,7 @@ impl UringEngine {
                     // completions. (IORING_ENTER min_wait_usec was tried:
                     // with DEFER_TASKRUN it held the wait until the full
                     // count, hundreds of microseconds at 200k/s.)
-                    let d = types::Timespec::new().nsec(delay.subsec_nanos());
+                    let d = types::Timespec::from(delay);
                     let a = types::SubmitArgs::new().timespec(&d);
                     submitter.submit_with_args(sends + COALESCE_BATCH, &a)
                 } else {
