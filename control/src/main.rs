@@ -38,15 +38,13 @@ fn valid_username(name: &str) -> bool {
 
 /// A write past `RLIMIT_FSIZE` (a file size limit set by the operator or
 /// systemd's `LimitFSIZE=`) raises SIGXFSZ, whose default action kills the
-/// process. Ignored, the write fails with `EFBIG` instead: the store reports
-/// it, MSG gets `ERROR`, and presence and calls go on.
+/// process. Caught (by signal-hook's flag handler, which only sets an
+/// atomic), the write fails with `EFBIG` instead: the store reports it, MSG
+/// gets `ERROR`, and presence and calls go on.
 fn ignore_sigxfsz() {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_IGN installs no handler, so no code runs in signal
-    // context; nothing else in the process handles SIGXFSZ.
-    if let Err(e) = unsafe { sigaction(Signal::SIGXFSZ, &ignore) } {
-        tracing::warn!(error = %e, "could not ignore SIGXFSZ");
+    let raised = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, raised) {
+        tracing::warn!(error = %e, "could not catch SIGXFSZ");
     }
 }
 
