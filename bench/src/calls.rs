@@ -76,6 +76,8 @@ pub struct CallsScenario {
     pub out: PathBuf,
     /// Run-queue wait share beyond which a run is contended.
     pub max_wait: f64,
+    /// More whelm-relay arguments for every relay run (e.g. `--coalesce-us 0`).
+    pub relay_args: Vec<String>,
 }
 
 impl CallsScenario {
@@ -543,13 +545,18 @@ pub fn one_run(
         }
         TargetSpec::Relay(engine) => {
             users.ensure(2 * spec.calls)?;
-            let mut stack = start_stack(
+            let extras = StackExtras {
+                relay_args: sc.relay_args.clone(),
+                ..StackExtras::default()
+            };
+            let mut stack = start_stack_with(
                 &sc.relay_bin,
                 &sc.control_bin,
                 engine,
                 &cores,
                 users,
                 spec.calls,
+                &extras,
             )?;
             let calls = set_up_calls(stack.control.ovp, &users.tokens, spec.calls)
                 .with_context(|| format!("setting up {} calls", spec.calls))?;
@@ -621,13 +628,16 @@ pub fn run(sc: &CallsScenario) -> anyhow::Result<()> {
         }
     }
     progress.finish();
-    let title = format!(
+    let mut title = format!(
         "whelm-bench calls: {} calls, {} B, {} ({})",
         sc.calls,
         sc.frame_len,
         machine.git_commit.as_deref().unwrap_or("unknown commit"),
         machine.cpu_model
     );
+    if !sc.relay_args.is_empty() {
+        title.push_str(&format!("; relay args: {}", sc.relay_args.join(" ")));
+    }
     finish("calls", &title, &runs, &sc.out, &machine)
 }
 

@@ -243,6 +243,7 @@ pub fn run(o: &CapacityOptions) -> anyhow::Result<()> {
             frame_len: 160,
             out: std::path::PathBuf::new(),
             max_wait: o.max_wait,
+            relay_args: Vec::new(),
         };
         let mut users = Users::new(&o.control_bin)?;
         users.ensure(2 * sc.calls)?;

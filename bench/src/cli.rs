@@ -335,6 +335,10 @@ struct CallsArgs {
     /// core before the run is excluded as contended.
     #[arg(long, default_value_t = 0.05)]
     max_wait: f64,
+    /// One more whelm-relay argument for every relay run, repeatable, e.g.
+    /// `--relay-arg=--coalesce-us=0` (the baseline is unaffected).
+    #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
+    relay_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -633,6 +637,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 frame_len: a.size,
                 out: a.out,
                 max_wait: a.max_wait,
+                relay_args: a.relay_args,
             })
         }
         Command::Capacity(a) => {
