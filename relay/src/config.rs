@@ -54,8 +54,12 @@ pub const MAX_STATION_CAP: i64 = 1_000_000;
 pub const DEFAULT_STATS_SECS: u64 = 60;
 /// Default of `metrics_listen` (loopback only; control uses 9501).
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9502";
-/// Default longest wake-up coalescing delay under load (µs).
-pub const DEFAULT_COALESCE_US: u32 = 50;
+/// Default shortest interval between a worker's wake-ups under load (µs).
+/// A wake-up costs 10 to 17 µs of CPU on the VMs measured (bench/reports/
+/// 2026-11-22-coalesce-deadline): 250 µs keeps that under 7% of a core
+/// and adds at most a quarter of a millisecond, nothing beside a voice
+/// packet's 20 ms.
+pub const DEFAULT_COALESCE_US: u32 = 250;
 /// Default per-worker receive rate above which wake-ups coalesce (1/s).
 pub const DEFAULT_COALESCE_ABOVE: u32 = 50_000;
 /// Highest bandwidth limit accepted, Mbit/s.
@@ -193,10 +197,9 @@ pub struct Cli {
     /// Receive batch size (datagrams handled per batch; 64).
     #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
-    /// Under load, let datagrams gather for up to this many microseconds
-    /// before a worker wakes, so that one wake-up handles a batch (50; 0
-    /// turns it off). Adds at most this much latency, only above
-    /// --coalesce-above.
+    /// Under load, a worker wakes at most once per this many microseconds,
+    /// so that one wake-up handles a batch (250; 0 turns it off). Adds at
+    /// most this much latency, only above --coalesce-above.
     #[arg(long, value_name = "USECS")]
     pub coalesce_us: Option<u32>,
     /// Datagrams per second received by one worker above which it

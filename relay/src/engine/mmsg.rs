@@ -113,12 +113,15 @@ impl MmsgEngine {
             for p in pfds.iter_mut() {
                 p.revents = 0;
             }
-            // Under load, let datagrams gather (a sleep of `delay`), then
-            // look without waiting; otherwise wake for the first one.
-            let timeout_ms = match coalesce.delay() {
+            // Under load, let datagrams gather until `coalesce_us` after the
+            // previous wake-up, then look without waiting; otherwise wake
+            // for the first one.
+            let timeout_ms = match coalesce.delay(Instant::now()) {
                 Some(delay) => {
                     ctx.local.inc(Metric::CoalescedWaits);
-                    std::thread::sleep(delay);
+                    if !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
                     0
                 }
                 None => tick_ms,
@@ -127,6 +130,7 @@ impl MmsgEngine {
             // for the duration of the call.
             let n =
                 unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+            let pass_start = Instant::now();
             let mut received = 0;
             if n > 0 {
                 if pfds[fds.len()].revents & libc::POLLIN != 0 {
@@ -154,9 +158,8 @@ impl MmsgEngine {
                     }
                 }
             }
-            let now = Instant::now();
-            coalesce.record(now, received);
-            ctx.after_batch(now);
+            coalesce.record(pass_start, received);
+            ctx.after_batch(Instant::now());
         }
         ctx.local.publish(&ctx.counters);
         Ok(())

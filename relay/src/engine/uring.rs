@@ -85,6 +85,9 @@ pub struct UringEngine {
     /// `IORING_OP_SEND` with a destination address (Linux 6.0) instead of
     /// `SENDMSG`: the kernel copies a sockaddr, not a msghdr and an iovec.
     send_to: bool,
+    /// Coalesced waits use an absolute deadline (`IORING_ENTER_ABS_TIMER`,
+    /// Linux 6.12); cleared when the kernel refuses the flag.
+    abs_timer: bool,
 }
 
 fn build_ring(entries: u32, cq: u32) -> io::Result<(IoUring, &'static str)> {
@@ -180,6 +183,7 @@ impl UringEngine {
             cqes: Vec::with_capacity(cq as usize),
             setup,
             send_to,
+            abs_timer: true,
         })
     }
 
@@ -218,6 +222,7 @@ impl UringEngine {
                     wake_buf,
                     cqes,
                     send_to,
+                    abs_timer,
                     ..
                 } = self;
                 let send_to = *send_to;
@@ -386,6 +391,7 @@ impl UringEngine {
                 }
                 bufs.publish();
                 sq.sync();
+                let to_submit = sq.len();
                 drop(sq);
                 ctx.after_batch(now);
                 coalesce.record(now, received);
@@ -396,15 +402,38 @@ impl UringEngine {
                 // and a second that sleeps.
                 let res = if more_pending {
                     submitter.submit_with_args(0, &args)
-                } else if let Some(delay) = coalesce.delay() {
+                } else if let Some(delay) = coalesce.delay(Instant::now()) {
                     ctx.local.inc(Metric::CoalescedWaits);
-                    // Sleep up to `delay`, or until COALESCE_BATCH more
-                    // completions. (IORING_ENTER min_wait_usec was tried:
-                    // with DEFER_TASKRUN it held the wait until the full
-                    // count, hundreds of microseconds at 200k/s.)
-                    let d = types::Timespec::from(delay);
-                    let a = types::SubmitArgs::new().timespec(&d);
-                    submitter.submit_with_args(sends + COALESCE_BATCH, &a)
+                    // Sleep until `coalesce_us` after this pass began, or
+                    // until COALESCE_BATCH more completions. The deadline is
+                    // absolute: the sends this call submits run first, and
+                    // their time counts against it (a relative timeout would
+                    // start after them and stretch every cycle). A deadline
+                    // already past runs the deferred task work and returns.
+                    // (IORING_ENTER min_wait_usec was tried: with
+                    // DEFER_TASKRUN it held the wait until the full count,
+                    // hundreds of microseconds at 200k/s.)
+                    let want = sends + COALESCE_BATCH;
+                    let relative = || {
+                        let d = types::Timespec::from(delay);
+                        submitter.submit_with_args(want, &types::SubmitArgs::new().timespec(&d))
+                    };
+                    if !*abs_timer {
+                        relative()
+                    } else {
+                        match submit_and_wait_until(&submitter, to_submit, want, delay) {
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                                *abs_timer = false;
+                                tracing::info!(
+                                    worker = ctx.index,
+                                    "io_uring without IORING_ENTER_ABS_TIMER: \
+                                     coalesced waits use relative timeouts"
+                                );
+                                relative()
+                            }
+                            r => r,
+                        }
+                    }
                 } else {
                     submitter.submit_with_args(sends + 1, &args)
                 };
@@ -496,4 +525,38 @@ fn push_sqe(
         sq.sync();
     }
     false
+}
+
+/// Submits `to_submit` queued entries, then waits until `want` completions
+/// are ready or until `delay` from now on CLOCK_MONOTONIC, whichever comes
+/// first; the deadline is absolute (`IORING_ENTER_ABS_TIMER`), so the time
+/// the submission itself takes counts against it. EINVAL: the kernel does
+/// not know the flag (before 6.12); nothing was submitted then.
+fn submit_and_wait_until(
+    submitter: &io_uring::Submitter<'_>,
+    to_submit: usize,
+    want: usize,
+    delay: Duration,
+) -> io::Result<usize> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let now = Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32);
+    let deadline = types::Timespec::from(now + delay);
+    let args = types::SubmitArgs::new().timespec(&deadline);
+    let flags = io_uring::EnterFlags::GETEVENTS
+        | io_uring::EnterFlags::EXT_ARG
+        | io_uring::EnterFlags::ABS_TIMER;
+    // SAFETY: `args` is a `SubmitArgs`, `repr(transparent)` over the
+    // kernel's `io_uring_getevents_arg`, as EXT_ARG declares; it and the
+    // timespec it points at live until the call returns. The `to_submit`
+    // entries were written and published by `push_sqe`/`sq.sync()` and
+    // point at buffers and send slots the engine owns until their
+    // completions are reaped, as for every other submission.
+    unsafe {
+        submitter.enter(
+            to_submit as u32,
+            want.min(u32::MAX as usize) as u32,
+            flags.bits(),
+            Some(&args),
+        )
+    }
 }
