@@ -851,14 +851,21 @@ fn env_name(key: &str) -> &'static str {
     }
 }
 
-/// CPUs this process may run on.
+/// CPUs this process may run on, as it was started (the first call's
+/// answer: the relay later moves its housekeeping threads off the worker
+/// cores, and a reload must still see every core it was given).
 pub fn allowed_cpus() -> Vec<usize> {
-    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-        Err(_) => vec![0],
-    }
+    static ALLOWED: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    ALLOWED
+        .get_or_init(
+            || match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+                Ok(set) => (0..nix::sched::CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .collect(),
+                Err(_) => vec![0],
+            },
+        )
+        .clone()
 }
 
 /// The first `n` allowed CPUs (round robin when there are fewer).

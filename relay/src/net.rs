@@ -99,11 +99,18 @@ pub fn display_addr(addr: SocketAddr) -> SocketAddr {
 
 /// Pins the calling thread to one CPU.
 pub fn pin_to(cpu: usize) -> anyhow::Result<()> {
+    pin_to_set(&[cpu])
+}
+
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+pub fn pin_to_set(cpus: &[usize]) -> anyhow::Result<()> {
     let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)
-        .with_context(|| format!("cpu {cpu} out of range"))?;
+    for &cpu in cpus {
+        set.set(cpu)
+            .with_context(|| format!("cpu {cpu} out of range"))?;
+    }
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("sched_setaffinity to cpu {cpu}"))
+        .with_context(|| format!("sched_setaffinity to cpus {cpus:?}"))
 }
 
 #[cfg(test)]

@@ -105,6 +105,29 @@ fn bind_group(addr: SocketAddr, n: usize) -> anyhow::Result<(Vec<Socket>, Socket
     Ok((v, resolved))
 }
 
+/// How often the main thread looks at shutdown, reload and worker exits.
+const MAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Moves this thread, and so every thread it starts afterwards (the
+/// coordinator, the command channel, metrics), off the worker cores when
+/// the process may run on others: their wake-ups would otherwise preempt a
+/// worker in the middle of a batch. Workers pin themselves to their core.
+/// With a worker on every allowed core (the usual production set-up) this
+/// does nothing.
+fn keep_housekeeping_off(workers: &[usize]) {
+    let others: Vec<usize> = crate::config::allowed_cpus()
+        .into_iter()
+        .filter(|c| !workers.contains(c))
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    match crate::net::pin_to_set(&others) {
+        Ok(()) => tracing::info!("housekeeping threads on cores {others:?}, off the worker cores"),
+        Err(e) => tracing::warn!("housekeeping threads stay on every core: {e:#}"),
+    }
+}
+
 /// Runs the relay until `stop` is set (by a signal handler) or a worker
 /// fails. `on_ready` is called once with the listening addresses.
 pub fn run(
@@ -114,6 +137,7 @@ pub fn run(
     on_ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     let n = cfg.cores.len();
+    keep_housekeeping_off(&cfg.cores);
     let (ovp_socks, ovp) = bind_group(SocketAddr::new(cfg.bind, cfg.port), n)?;
     let (voice_socks, voice) = bind_group(SocketAddr::new(cfg.bind, cfg.voice_port), n)?;
     let v6 = ovp.is_ipv6();
@@ -324,7 +348,7 @@ pub fn run(
         if opts.reload.swap(false, Ordering::Relaxed) {
             let _ = ev_tx.send(Event::Reload);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(MAIN_TICK);
     }
     notifier.stopping();
     tracing::info!("shutting down");

@@ -571,3 +571,87 @@ fn reload_by_sighup_and_ctl_applies_lists_and_refuses_bad_files() {
         assert!(!err.contains("STATION TIMED OUT"), "{err}");
     }
 }
+
+/// `comm` and `Cpus_allowed_list` of every thread of `pid`.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        out.push((comm.trim().to_string(), cpus));
+    }
+    out
+}
+
+/// With a spare core, the coordinator, the command channel and the main
+/// thread run off the worker's core (`taskset -p` on each thread shows
+/// it), the worker stays on its own, and a reload still accepts the
+/// worker core it was started with.
+#[test]
+fn housekeeping_threads_leave_the_worker_cores() {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    if cpus.len() < 2 {
+        eprintln!("NOTICE: one allowed CPU, nothing to move housekeeping to; skipped");
+        return;
+    }
+    let worker = cpus[0].to_string();
+    let rest = cpus[1..]
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &["--cores", &worker]) else {
+            continue;
+        };
+        let threads = thread_cpus(relay.pid());
+        let of = |name: &str| {
+            threads
+                .iter()
+                .find(|(c, _)| c == name)
+                .map(|(_, cpus)| cpus.clone())
+                .unwrap_or_else(|| panic!("{engine}: no thread {name}: {threads:?}"))
+        };
+        assert_eq!(of("relay-w0"), worker, "{engine}: {threads:?}");
+        // The kernel prints ranges ("1-3"); compare as sets.
+        let set = |list: String| cpu_list(&list);
+        let expected = set(rest.clone());
+        for name in ["whelm-relay", "relay-coord", "relay-cmd"] {
+            assert_eq!(set(of(name)), expected, "{engine} {name}: {threads:?}");
+        }
+        let out = ctl_reload(&relay);
+        assert!(
+            out.status.success(),
+            "{engine}: reload refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        relay.stop();
+    }
+}
+
+/// Parses a kernel CPU list such as `1-3,5`.
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out.sort_unstable();
+    out
+}
