@@ -38,6 +38,9 @@ use crate::voice_load::{self, CallSpec};
 
 /// Heartbeat period of the bench's sessions (control's timeout: 30 s).
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the session keeper sends due heartbeats and discards replies
+/// (a round reads every session: hundreds of syscalls).
+const KEEPER_ROUND: Duration = Duration::from_millis(250);
 /// Longest wait for one expected control reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -289,6 +292,13 @@ pub fn start_stack_with(
     }
     let control =
         Target::start_with_key(cmd, "whelm-control", "", "listen=", Duration::from_secs(30))?;
+    // The control plane is not what is measured: keep it off the relay's
+    // cores, as an operator's CPUAffinity would (its wake-ups would preempt
+    // a worker; the baseline forwarder has no control plane beside it).
+    let relay_cores = crate::pin::parse_core_list(cores).map_err(anyhow::Error::msg)?;
+    if let Err(e) = crate::pin::keep_process_off(control.pid, &relay_cores) {
+        eprintln!("note: whelm-control stays on every core: {e}");
+    }
     Ok(Stack {
         relay,
         control,
@@ -408,6 +418,7 @@ pub fn set_up_calls(
     control: SocketAddrV4,
     tokens: &[String],
     calls: usize,
+    relay_cores: &[usize],
 ) -> anyhow::Result<Calls> {
     let n = 2 * calls;
     if tokens.len() < n {
@@ -450,9 +461,15 @@ pub fn set_up_calls(
     let stop = Arc::new(AtomicBool::new(false));
     let keeper = {
         let stop = Arc::clone(&stop);
+        let relay_cores = relay_cores.to_vec();
         std::thread::Builder::new()
             .name("calls-keeper".into())
-            .spawn(move || keep_alive(sessions, &stop))
+            .spawn(move || {
+                // Off the relay's cores: its rounds over every session
+                // would preempt a worker.
+                let _ = crate::pin::keep_off(&relay_cores);
+                keep_alive(sessions, &stop)
+            })
             .context("starting the session keeper")?
     };
     Ok(Calls {
@@ -485,7 +502,7 @@ fn keep_alive(mut sessions: Vec<Session>, stop: &AtomicBool) {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(KEEPER_ROUND);
     }
 }
 
@@ -558,8 +575,13 @@ pub fn one_run(
                 spec.calls,
                 &extras,
             )?;
-            let calls = set_up_calls(stack.control.ovp, &users.tokens, spec.calls)
-                .with_context(|| format!("setting up {} calls", spec.calls))?;
+            let calls = set_up_calls(
+                stack.control.ovp,
+                &users.tokens,
+                spec.calls,
+                &sc.server_cores,
+            )
+            .with_context(|| format!("setting up {} calls", spec.calls))?;
             let o = voice_load::run(
                 spec,
                 &parties,

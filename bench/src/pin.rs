@@ -11,6 +11,54 @@ pub fn pin_current_thread(core: usize) -> Result<(), String> {
     sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("core {core}: {e}"))
 }
 
+/// The allowed cores not in `server`; empty when the server has them all.
+pub fn other_cores(server: &[usize]) -> Vec<usize> {
+    allowed_cores()
+        .into_iter()
+        .filter(|c| !server.contains(c))
+        .collect()
+}
+
+fn set_of(cores: &[usize]) -> Result<CpuSet, String> {
+    let mut set = CpuSet::new();
+    for &c in cores {
+        set.set(c).map_err(|e| format!("core {c}: {e}"))?;
+    }
+    Ok(set)
+}
+
+/// Restricts the calling thread (and threads it starts later) to the
+/// allowed cores not in `server`, so that the bench's own helpers do not
+/// preempt the server under test. Nothing to do when there are none.
+pub fn keep_off(server: &[usize]) -> Result<(), String> {
+    let others = other_cores(server);
+    if others.is_empty() {
+        return Ok(());
+    }
+    sched_setaffinity(Pid::from_raw(0), &set_of(&others)?)
+        .map_err(|e| format!("cores {others:?}: {e}"))
+}
+
+/// The same for every thread process `pid` has now (a thread started later
+/// inherits its creator's cores).
+pub fn keep_process_off(pid: u32, server: &[usize]) -> Result<(), String> {
+    let others = other_cores(server);
+    if others.is_empty() {
+        return Ok(());
+    }
+    let set = set_of(&others)?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        sched_setaffinity(Pid::from_raw(tid), &set)
+            .map_err(|e| format!("thread {tid} to cores {others:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Cores this process may run on.
 pub fn allowed_cores() -> Vec<usize> {
     match sched_getaffinity(Pid::from_raw(0)) {
