@@ -211,7 +211,7 @@ pub fn station_cap_args(bin: &Path, stations: usize) -> Vec<String> {
     ]
 }
 
-/// What a scenario adds to the stack [`start_stack`] starts.
+/// What a scenario adds to the stack [`start_stack_with`] starts.
 #[derive(Debug, Clone, Default)]
 pub struct StackExtras {
     /// More whelm-relay arguments (e.g. `--reply-to source` for OVP
@@ -222,28 +222,8 @@ pub struct StackExtras {
     pub extra_connections: usize,
 }
 
-/// Starts whelm-relay (`engine`, `cores`, no bandwidth limit) and
-/// whelm-control on it, limits sized for `calls`.
-pub fn start_stack(
-    relay_bin: &Path,
-    control_bin: &Path,
-    engine: &str,
-    cores: &str,
-    users: &Users,
-    calls: usize,
-) -> anyhow::Result<Stack> {
-    start_stack_with(
-        relay_bin,
-        control_bin,
-        engine,
-        cores,
-        users,
-        calls,
-        &StackExtras::default(),
-    )
-}
-
-/// As [`start_stack`], with the scenario's `extras`.
+/// Starts whelm-relay (`engine`, `cores`, no bandwidth limit, plus the
+/// scenario's `extras`) and whelm-control on it, limits sized for `calls`.
 pub fn start_stack_with(
     relay_bin: &Path,
     control_bin: &Path,

@@ -97,7 +97,7 @@ pub fn parse_core_list(s: &str) -> Result<Vec<usize>, String> {
 /// The generator's core: the first allowed core not in `relay`, or `None`
 /// when every allowed core is the relay's.
 pub fn generator_core(relay: &[usize]) -> Option<usize> {
-    allowed_cores().into_iter().find(|c| !relay.contains(c))
+    other_cores(relay).first().copied()
 }
 
 #[cfg(test)]

@@ -600,10 +600,7 @@ fn thread_cpus(pid: u32) -> Vec<(String, String)> {
 /// worker core it was started with.
 #[test]
 fn housekeeping_threads_leave_the_worker_cores() {
-    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false))
-        .collect();
+    let cpus = whelm_relay::config::allowed_cpus();
     if cpus.len() < 2 {
         eprintln!("NOTICE: one allowed CPU, nothing to move housekeeping to; skipped");
         return;
@@ -628,7 +625,11 @@ fn housekeeping_threads_leave_the_worker_cores() {
         };
         assert_eq!(of("relay-w0"), worker, "{engine}: {threads:?}");
         // The kernel prints ranges ("1-3"); compare as sets.
-        let set = |list: String| cpu_list(&list);
+        let set = |list: String| {
+            let mut v = whelm_relay::config::parse_cores(&list).unwrap();
+            v.sort_unstable();
+            v
+        };
         let expected = set(rest.clone());
         for name in ["whelm-relay", "relay-coord", "relay-cmd"] {
             assert_eq!(set(of(name)), expected, "{engine} {name}: {threads:?}");
@@ -641,17 +642,4 @@ fn housekeeping_threads_leave_the_worker_cores() {
         );
         relay.stop();
     }
-}
-
-/// Parses a kernel CPU list such as `1-3,5`.
-fn cpu_list(list: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
-            None => out.push(part.parse().unwrap()),
-        }
-    }
-    out.sort_unstable();
-    out
 }

@@ -116,9 +116,10 @@ impl MmsgEngine {
             // Under load, let datagrams gather until `coalesce_us` after the
             // previous wake-up, then look without waiting; otherwise wake
             // for the first one.
-            let timeout_ms = match coalesce.delay(Instant::now()) {
-                Some(delay) => {
+            let timeout_ms = match coalesce.deadline() {
+                Some(deadline) => {
                     ctx.local.inc(Metric::CoalescedWaits);
+                    let delay = deadline.saturating_duration_since(Instant::now());
                     if !delay.is_zero() {
                         std::thread::sleep(delay);
                     }
@@ -159,7 +160,7 @@ impl MmsgEngine {
                 }
             }
             coalesce.record(pass_start, received);
-            ctx.after_batch(Instant::now());
+            ctx.after_batch(pass_start);
         }
         ctx.local.publish(&ctx.counters);
         Ok(())

@@ -90,9 +90,8 @@ impl Coalescer {
     /// ended) at `pass_start`; at the end of a window, decides.
     pub fn record(&mut self, pass_start: Instant, n: usize) {
         self.pass_start = pass_start;
-        let now = pass_start;
         self.received += n as u64;
-        let elapsed = now.saturating_duration_since(self.window_start);
+        let elapsed = pass_start.saturating_duration_since(self.window_start);
         if elapsed < COALESCE_WINDOW {
             return;
         }
@@ -105,18 +104,15 @@ impl Coalescer {
             lhs >= rhs
         };
         self.received = 0;
-        self.window_start = now;
+        self.window_start = pass_start;
     }
 
-    /// How long the next wait may gather datagrams, at `now`: `None` when
-    /// the worker should wake for the first datagram; else what is left of
-    /// `delay` since the previous wake-up (zero: take what has arrived
-    /// without waiting).
-    pub fn delay(&self, now: Instant) -> Option<Duration> {
-        (self.active && !self.delay.is_zero()).then(|| {
-            self.delay
-                .saturating_sub(now.saturating_duration_since(self.pass_start))
-        })
+    /// Until when the next wait may gather datagrams: `None` when the worker
+    /// should wake for the first datagram; else `delay` after the previous
+    /// wake-up (a deadline already past: take what has arrived without
+    /// waiting). No clock read, so a worker below the rate pays nothing.
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.active && !self.delay.is_zero()).then(|| self.pass_start + self.delay)
     }
 }
 
@@ -339,28 +335,28 @@ mod tests {
         // Datagrams in one window at `rate` per second.
         let per_window = |rate: u64| (rate * w.as_micros() as u64 / 1_000_000) as usize;
         let mut c = Coalescer::new(d, 50_000, t0);
-        assert_eq!(c.delay(t0), None);
+        assert_eq!(c.deadline(), None);
         // 40k/s, in two halves: stays off; a decision needs a whole window.
         c.record(t0 + w / 2, per_window(20_000));
-        assert_eq!(c.delay(t0 + w / 2), None);
+        assert_eq!(c.deadline(), None);
         c.record(t0 + w, per_window(20_000));
-        assert_eq!(c.delay(t0 + w), None);
+        assert_eq!(c.deadline(), None);
         // A burst of 64 inside a window at 20k/s on average: off.
         c.record(t0 + w + w / 4, 64);
         c.record(t0 + 2 * w, per_window(20_000) - 64);
-        assert_eq!(c.delay(t0 + 2 * w), None);
+        assert_eq!(c.deadline(), None);
         // 60k/s: on.
         c.record(t0 + 3 * w, per_window(60_000));
-        assert_eq!(c.delay(t0 + 3 * w), Some(d));
+        assert_eq!(c.deadline(), Some(t0 + 3 * w + d));
         // 30k/s: still on (above half the threshold).
         c.record(t0 + 4 * w, per_window(30_000));
-        assert_eq!(c.delay(t0 + 4 * w), Some(d));
+        assert_eq!(c.deadline(), Some(t0 + 4 * w + d));
         // 20k/s: off.
         c.record(t0 + 5 * w, per_window(20_000));
-        assert_eq!(c.delay(t0 + 5 * w), None);
+        assert_eq!(c.deadline(), None);
         // A silent second counts as a rate of almost zero.
         c.record(t0 + 5 * w + Duration::from_secs(1), per_window(60_000));
-        assert_eq!(c.delay(t0 + 5 * w + Duration::from_secs(1)), None);
+        assert_eq!(c.deadline(), None);
     }
 
     #[test]
@@ -370,21 +366,24 @@ mod tests {
         let mut c = Coalescer::new(d, 1, t0);
         let t1 = t0 + COALESCE_WINDOW;
         c.record(t1, 1_000);
+        // What is left of the wait at `now`.
+        let left =
+            |c: &Coalescer, now: Instant| c.deadline().map(|dl| dl.saturating_duration_since(now));
         // A pass of 20 us leaves 30 us to wait.
         assert_eq!(
-            c.delay(t1 + Duration::from_micros(20)),
+            left(&c, t1 + Duration::from_micros(20)),
             Some(Duration::from_micros(30))
         );
         // A pass longer than the delay: no wait, take what is there.
         assert_eq!(
-            c.delay(t1 + Duration::from_micros(80)),
+            left(&c, t1 + Duration::from_micros(80)),
             Some(Duration::ZERO)
         );
         // The next pass starts the clock again.
         let t2 = t1 + Duration::from_micros(80);
         c.record(t2, 10);
         assert_eq!(
-            c.delay(t2 + Duration::from_micros(10)),
+            left(&c, t2 + Duration::from_micros(10)),
             Some(Duration::from_micros(40))
         );
     }
@@ -394,6 +393,6 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Coalescer::new(Duration::ZERO, 1, t0);
         c.record(t0 + 2 * COALESCE_WINDOW, 1_000_000);
-        assert_eq!(c.delay(t0 + 2 * COALESCE_WINDOW), None);
+        assert_eq!(c.deadline(), None);
     }
 }

@@ -402,8 +402,9 @@ impl UringEngine {
                 // and a second that sleeps.
                 let res = if more_pending {
                     submitter.submit_with_args(0, &args)
-                } else if let Some(delay) = coalesce.delay(Instant::now()) {
+                } else if let Some(deadline) = coalesce.deadline() {
                     ctx.local.inc(Metric::CoalescedWaits);
+                    let delay = deadline.saturating_duration_since(Instant::now());
                     // Sleep until `coalesce_us` after this pass began, or
                     // until COALESCE_BATCH more completions. The deadline is
                     // absolute: the sends this call submits run first, and
