@@ -201,59 +201,9 @@ impl Server {
     /// Starts `whelm-control --listen 127.0.0.1:0 --db DB ARGS...` and waits
     /// for its ready line.
     pub fn start(db: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(bin())
-            .args(["--listen", "127.0.0.1:0", "--db", db])
-            .args(args)
-            .env_remove("WHELM_DB_DSN")
-            .env("RUST_LOG", "warn")
-            // Never the default port 9501: tests run in parallel. A test's
-            // own --metrics-listen wins (flags over environment).
-            .env("WHELM_METRICS_LISTEN", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let errs = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the child never blocks on stdout.
-            let mut sink = Vec::new();
-            let _ = r.read_to_end(&mut sink);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if !l.is_empty() => l,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "server did not become ready ({other:?}); stderr: {}",
-                    errs.join().unwrap_or_default()
-                );
-            }
-        };
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .unwrap_or_else(|| panic!("no listen= in ready line {line:?}"))
-            .parse()
-            .unwrap();
-        Server {
-            child,
-            addr,
-            ready_line: line.trim().to_owned(),
-            stderr: Some(errs),
-        }
+        let mut cmd = Command::new(bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--db", db]).args(args);
+        Server::start_command(cmd)
     }
 
     pub fn client(&self) -> Client {
@@ -391,12 +341,15 @@ impl Client {
 }
 
 impl Server {
-    /// Like [`Server::start`], for a command the caller built: the binary
-    /// behind a prefix such as `nsenter -t PID -m --`, with its own `--db`
-    /// and flags. The environment and stdio are set here as in `start`.
+    /// Starts a command the caller built (`start`'s, or the binary behind
+    /// a prefix such as `nsenter -t PID -m --`, with its own `--db` and
+    /// flags), sets the test environment and stdio, and waits for its
+    /// ready line.
     pub fn start_command(mut cmd: Command) -> Server {
         cmd.env_remove("WHELM_DB_DSN")
             .env("RUST_LOG", "warn")
+            // Never the default port 9501: tests run in parallel. A test's
+            // own --metrics-listen wins (flags over environment).
             .env("WHELM_METRICS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -415,6 +368,7 @@ impl Server {
             let mut line = String::new();
             let _ = r.read_line(&mut line);
             let _ = tx.send(line);
+            // Keep draining so the child never blocks on stdout.
             let mut sink = Vec::new();
             let _ = r.read_to_end(&mut sink);
         });
