@@ -9,6 +9,22 @@
 //! Ownership of a buffer: in the ring (kernel may fill it) -> delivered in a
 //! receive completion (ours; read-only while sends point into it) -> pushed
 //! back with [`BufRing::push`] once its last send completed.
+//!
+//! The ring holds at most `fill` buffers at a time; the others wait in a
+//! stack of spares, and [`BufRing::refill`] tops the ring up from the most
+//! recently returned end of it. Two reasons:
+//! - The kernel takes buffers in ring order. With every buffer in the ring,
+//!   a busy worker would walk all of `count * size` bytes (8 MiB by
+//!   default) before reusing one, so every receive and send would touch
+//!   memory (and a page translation) that had long left the caches. With a
+//!   short ring refilled from the top of the stack, the same few hundred
+//!   buffers go round while they are still cached.
+//! - One wait cannot take more than `fill` datagrams. After a stall, a deep
+//!   socket queue would otherwise be received whole in one wait, then sent
+//!   in one pass too large for the caches, which made every packet of it
+//!   dearer and kept the queue standing. With the cap, the receive ends with
+//!   ENOBUFS (the datagrams stay queued in the socket) and the engine re-arms
+//!   it after the pass, so a backlog drains in passes of `fill` datagrams.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
@@ -33,14 +49,23 @@ pub struct BufRing {
     mask: u16,
     /// Our tail (entries added so far, wrapping). Published by `publish`.
     tail: u16,
+    /// Ring entries the kernel has taken, as counted by [`BufRing::taken`]
+    /// (wrapping, like `tail`).
+    head: u16,
+    /// Most entries the ring holds at once.
+    fill: u16,
+    /// Buffers that are ours and not in the ring; the last one pushed is
+    /// the first one back in.
+    spare: Vec<u16>,
     /// The group id the ring is registered under.
     pub bgid: u16,
 }
 
 impl BufRing {
     /// Allocates `count` buffers (a power of two, at most 32768) of `size`
-    /// bytes and a ring with every buffer in it (not yet published).
-    pub fn new(count: u16, size: u32, bgid: u16) -> io::Result<BufRing> {
+    /// bytes, and a ring with `fill` of them in it (at least one, at most
+    /// `count`), published; the others are spares.
+    pub fn new(count: u16, size: u32, fill: u16, bgid: u16) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > 32_768 || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -75,11 +100,12 @@ impl BufRing {
             size,
             mask: count - 1,
             tail: 0,
+            head: 0,
+            fill: fill.clamp(1, count),
+            spare: (0..count).rev().collect(),
             bgid,
         };
-        for bid in 0..count {
-            r.push(bid);
-        }
+        r.refill();
         Ok(r)
     }
 
@@ -98,10 +124,52 @@ impl BufRing {
         self.size
     }
 
-    /// Puts buffer `bid` back at the tail (visible to the kernel after
-    /// [`BufRing::publish`]).
+    /// Gives buffer `bid` back (it re-enters the ring at a later
+    /// [`BufRing::refill`]).
     #[inline]
     pub fn push(&mut self, bid: u16) {
+        debug_assert!(bid < self.count);
+        self.spare.push(bid & self.mask);
+    }
+
+    /// Counts one buffer the kernel took from the ring (a receive
+    /// completion that carries a buffer).
+    #[inline]
+    pub fn taken(&mut self) {
+        self.head = self.head.wrapping_add(1);
+    }
+
+    /// The kernel found the ring empty (a receive failed with ENOBUFS): it
+    /// has taken every entry up to the tail published last, which is ours
+    /// (entries are only written by `refill`, which publishes them). This
+    /// puts our count of taken entries right even if it had drifted.
+    #[inline]
+    pub fn emptied(&mut self) {
+        self.head = self.tail;
+    }
+
+    /// Tops the ring up to `fill` entries from the spares, most recently
+    /// returned first, and publishes the tail.
+    pub fn refill(&mut self) {
+        let mut in_ring = self.tail.wrapping_sub(self.head);
+        if in_ring > self.count {
+            // More taken than we put in: a completion counted by `taken`
+            // arrived after the `emptied` that already covered it.
+            self.head = self.tail;
+            in_ring = 0;
+        }
+        while in_ring < self.fill {
+            let Some(bid) = self.spare.pop() else { break };
+            self.put_in_ring(bid);
+            in_ring += 1;
+        }
+        self.publish();
+    }
+
+    /// Writes the ring entry after our tail for buffer `bid` (visible to the
+    /// kernel after [`BufRing::publish`]).
+    #[inline]
+    fn put_in_ring(&mut self, bid: u16) {
         debug_assert!(bid < self.count);
         let bid = bid & self.mask;
         let idx = usize::from(self.tail & self.mask);
@@ -119,10 +187,10 @@ impl BufRing {
         self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Publishes the tail with a Release store, making every pushed entry
-    /// visible to the kernel.
+    /// Publishes the tail with a Release store, making every entry written
+    /// so far visible to the kernel.
     #[inline]
-    pub fn publish(&self) {
+    fn publish(&self) {
         // SAFETY: `ring` points at the first entry of a live, initialised
         // ring, as `BufRingEntry::tail` requires.
         let tail = unsafe { BufRingEntry::tail(self.ring.as_ptr()) };
@@ -171,13 +239,51 @@ mod tests {
 
     #[test]
     fn push_and_publish() {
-        let mut r = BufRing::new(8, 64, 0).unwrap();
+        let mut r = BufRing::new(8, 64, 8, 0).unwrap();
         assert_eq!(r.entries(), 8);
         assert_eq!(r.tail, 8);
-        r.publish();
+        r.taken();
         r.push(3);
-        r.publish();
+        r.refill();
+        assert_eq!(r.tail, 9);
         assert_eq!(r.buf(3).len(), 64);
-        assert!(BufRing::new(6, 64, 0).is_err());
+        assert!(BufRing::new(6, 64, 6, 0).is_err());
+    }
+
+    /// The bid in ring entry `i` (counting from the first entry ever written).
+    fn bid_at(r: &BufRing, i: u16) -> u16 {
+        // SAFETY: the index is masked into the ring; test-only read.
+        unsafe { (*r.ring.as_ptr().add(usize::from(i & r.mask))).bid() }
+    }
+
+    #[test]
+    fn short_ring_refills_from_the_last_returned_buffer() {
+        let mut r = BufRing::new(16, 64, 4, 0).unwrap();
+        assert_eq!(r.tail, 4, "only `fill` buffers go in the ring");
+        assert_eq!(
+            (0..4).map(|i| bid_at(&r, i)).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        // The kernel takes three; nothing returned yet: the ring is topped up
+        // from the spares in order.
+        for _ in 0..3 {
+            r.taken();
+        }
+        r.refill();
+        assert_eq!(r.tail, 7);
+        assert_eq!((4..7).map(|i| bid_at(&r, i)).collect::<Vec<_>>(), [4, 5, 6]);
+        // Two come back: they go in before the untouched spares, the last
+        // returned first.
+        r.push(1);
+        r.push(0);
+        r.taken();
+        r.taken();
+        r.refill();
+        assert_eq!(r.tail, 9);
+        assert_eq!((7..9).map(|i| bid_at(&r, i)).collect::<Vec<_>>(), [0, 1]);
+        // A full ring takes nothing more.
+        r.push(2);
+        r.refill();
+        assert_eq!(r.tail, 9);
     }
 }
