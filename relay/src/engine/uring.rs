@@ -1,9 +1,10 @@
 //! The io_uring engine.
 //!
 //! Per worker: one ring (SINGLE_ISSUER|DEFER_TASKRUN when the kernel takes
-//! it, else COOP_TASKRUN, else plain), one provided-buffer ring shared by the
-//! worker's sockets, one multishot `RecvMsgMulti` per socket, and a fixed
-//! array of send slots (msghdr + iovec + sockaddr). A received buffer is sent
+//! it, else COOP_TASKRUN, else plain), the worker's sockets registered as
+//! fixed files, one provided-buffer ring shared by them, one multishot
+//! `RecvMsgMulti` per socket, and a fixed array of send slots (msghdr +
+//! iovec + sockaddr). A received buffer is sent
 //! to every destination straight from the buffer ring memory (no copy); its
 //! reference count is the number of sends in flight, and it goes back to the
 //! buffer ring when the last one completes.
@@ -141,6 +142,13 @@ impl UringEngine {
         // an address; older kernels reject the address (EINVAL per send).
         let send_to =
             setup == "single_issuer+defer_taskrun" && probe.is_supported(opcode::Send::CODE);
+        // The worker's sockets as fixed files (index = socket index): a send
+        // or receive on a fixed file skips the lookup and reference count
+        // of the process's (shared) file table.
+        let fds: Vec<i32> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        ring.submitter()
+            .register_files(&fds)
+            .context("registering the worker's sockets as io_uring fixed files")?;
         let nbufs = u16::try_from(s.buffers).context("buffer count above 32768")?;
         let bufs = BufRing::new(nbufs, s.buffer_size, RING_FILL.min(nbufs / 2), 0)
             .context("allocating buffer ring")?;
@@ -204,7 +212,6 @@ impl UringEngine {
             self.bufs.entries(),
             self.slots.len()
         );
-        let fds: Vec<i32> = ctx.sockets.iter().map(|s| s.as_raw_fd()).collect();
         let wake_fd = ctx.wake.as_fd().as_raw_fd();
         let tick = types::Timespec::from(WORKER_TICK);
         let args = types::SubmitArgs::new().timespec(&tick);
@@ -326,7 +333,7 @@ impl UringEngine {
                         port: PORTS[idx],
                         truncated,
                     };
-                    let fd = fds[idx];
+                    let fd = types::Fixed(idx as u32);
                     let v6 = ctx.v6;
                     let queued =
                         process(&mut ctx.core, &item, payload, now, &mut ctx.local, |dest| {
@@ -340,7 +347,7 @@ impl UringEngine {
                             slot.port = item.port;
                             let sqe = if send_to {
                                 let len = payload.len() as u32;
-                                opcode::Send::new(types::Fd(fd), payload.as_ptr(), len)
+                                opcode::Send::new(fd, payload.as_ptr(), len)
                                     .dest_addr(slot.addr.as_ptr().cast())
                                     .dest_addr_len(slot.addr.len())
                                     .build()
@@ -353,7 +360,7 @@ impl UringEngine {
                                 slot.hdr.msg_namelen = slot.addr.len();
                                 slot.hdr.msg_iov = &mut slot.iov;
                                 slot.hdr.msg_iovlen = 1;
-                                opcode::SendMsg::new(types::Fd(fd), &slot.hdr).build()
+                                opcode::SendMsg::new(fd, &slot.hdr).build()
                             };
                             let sqe = sqe.user_data(user_data(OP_SEND, usize::from(si)));
                             if push_sqe(&submitter, &mut sq, &sqe) {
@@ -382,9 +389,10 @@ impl UringEngine {
                     if *a {
                         continue;
                     }
-                    let sqe = opcode::RecvMsgMulti::new(types::Fd(fds[i]), &**recv_hdr, bufs.bgid)
-                        .build()
-                        .user_data(user_data(OP_RECV, i));
+                    let sqe =
+                        opcode::RecvMsgMulti::new(types::Fixed(i as u32), &**recv_hdr, bufs.bgid)
+                            .build()
+                            .user_data(user_data(OP_RECV, i));
                     if push_sqe(&submitter, &mut sq, &sqe) {
                         *a = true;
                         ctx.local.inc(Metric::RecvRearms);
