@@ -3,12 +3,19 @@
 //! forwarder stops when it closes), waited for until it prints its ready
 //! line (`... ready: ovp=ADDR ...`), stopped with SIGTERM (then SIGKILL)
 //! when dropped.
+//!
+//! A signal that ends the bench itself (SIGTERM, SIGINT, SIGHUP) would skip
+//! those drops and leave the processes under test running when it is sent
+//! to the bench's pid alone (Ctrl-C reaches the whole process group, `kill`
+//! and service managers often do not). So the first [`Target`] installs a
+//! handler thread that stops every live target the same way, then exits
+//! with 128 + the signal number.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,6 +26,71 @@ use nix::unistd::Pid;
 const STDERR_TAIL: usize = 30;
 /// How long a child gets to exit after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Pids of the targets started and not yet stopped, for the signal thread.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Installs the signal thread once.
+static SIGNALS: Once = Once::new();
+
+/// On the first call: a thread that, on SIGTERM, SIGINT or SIGHUP, stops
+/// every live target and exits. A failure to install it is reported and
+/// the bench goes on (the targets then stop only through their drops).
+fn stop_targets_on_signals() {
+    SIGNALS.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("whelm-bench: no signal handler ({e}); a kill may leave targets running");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+                    eprintln!(
+                        "whelm-bench: signal {sig}: stopping {} process(es) under test",
+                        pids.len()
+                    );
+                    terminate_all(&pids);
+                    std::process::exit(128 + sig);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("whelm-bench: no signal thread ({e}); a kill may leave targets running");
+        }
+    });
+}
+
+/// SIGTERM to every pid, then SIGKILL to those that have not exited within
+/// [`TERM_GRACE`]. The pids are our children, so a `waitpid` tells when one
+/// has exited (and reaps it; the process exits right after).
+fn terminate_all(pids: &[u32]) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let mut left: Vec<Pid> = pids
+        .iter()
+        .filter_map(|&p| i32::try_from(p).ok().map(Pid::from_raw))
+        .collect();
+    for &pid in &left {
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + TERM_GRACE;
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|&pid| {
+            matches!(
+                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for pid in left {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
+}
 
 /// A running process under test.
 #[derive(Debug)]
@@ -59,10 +131,16 @@ impl Target {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        stop_targets_on_signals();
+        // Registered before the spawn returns (the lock is held across it),
+        // so a signal never finds a child missing from the list.
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {what} ({cmd:?})"))?;
         let pid = child.id();
+        live.push(pid);
+        drop(live);
         let stdin = child.stdin.take();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(err) = child.stderr.take() {
@@ -158,6 +236,13 @@ impl Target {
 
     /// Stops the child (SIGTERM, then SIGKILL after a grace period).
     pub fn stop(&mut self) {
+        self.stop_child();
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|&p| p != self.pid);
+        }
+    }
+
+    fn stop_child(&mut self) {
         drop(self.stdin.take());
         if !self.alive() {
             return;

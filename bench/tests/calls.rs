@@ -234,3 +234,104 @@ fn capacity_with_a_tiny_budget_prints_config_lines() {
         );
     }
 }
+
+/// The pids whose parent is `ppid` and whose command is `comm`, from /proc.
+fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let parent = stat[close + 1..].split_whitespace().nth(1);
+        if &stat[open + 1..close] == comm && parent == Some(&ppid.to_string()) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// SIGTERM sent to the bench's pid alone (as `kill PID` or a service manager
+/// sends it, unlike Ctrl-C, which reaches the whole process group): the
+/// bench stops the relay and control it started, then exits with 143.
+#[test]
+fn sigterm_to_the_bench_alone_stops_its_relay_and_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bench = Proc::start({
+        let mut c = Command::new(bench_bin());
+        c.args([
+            "calls",
+            "--calls",
+            "2",
+            "--duration",
+            "60",
+            "--warmup",
+            "0.3",
+        ])
+        .args(["--repeat", "1", "--engine", "mmsg", "--no-baseline"])
+        .arg("--relay-bin")
+        .arg(relay())
+        .arg("--control-bin")
+        .arg(control_bin())
+        .arg("--out")
+        .arg(dir.path());
+        c
+    });
+    let pid = bench.child.id();
+    // The relay is started after control: once it is there, both are.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (relays, controls) = loop {
+        let r = children_named(pid, "whelm-relay");
+        let c = children_named(pid, "whelm-control");
+        if !r.is_empty() && !c.is_empty() {
+            break (r, c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no relay and control under the bench"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rc = send_signal(pid, "TERM");
+    assert!(rc, "kill -TERM {pid} failed");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = bench.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bench did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let left: Vec<u32> = relays
+        .iter()
+        .chain(&controls)
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    for p in &left {
+        send_signal(*p, "KILL");
+    }
+    assert!(
+        left.is_empty(),
+        "still running after the bench exited: {left:?}"
+    );
+    assert_eq!(status.code(), Some(143), "{status}");
+}
+
+/// `kill -SIG PID`, through kill(1): no `unsafe` libc call in a test.
+fn send_signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
+}
