@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,17 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Installs the signal thread once.
 static SIGNALS: Once = Once::new();
+/// The signal thread is stopping the targets and will exit the process.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Called by `main` before it returns: while the signal thread is stopping
+/// the targets, the run may fail because a target died under it, and that
+/// error is not the outcome. Waits for the signal thread's exit instead.
+pub fn wait_if_signalled() {
+    while SIGNALLED.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// On the first call: a thread that, on SIGTERM, SIGINT or SIGHUP, stops
 /// every live target and exits. A failure to install it is reported and
@@ -49,8 +61,11 @@ fn stop_targets_on_signals() {
             .name("signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
+                    SIGNALLED.store(true, Ordering::Release);
                     let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
-                    eprintln!(
+                    // Not eprintln!: a closed stderr must not stop this thread.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "whelm-bench: signal {sig}: stopping {} process(es) under test",
                         pids.len()
                     );

@@ -535,7 +535,9 @@ fn parse_u16_any(s: &str) -> Result<u16, String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    crate::children::wait_if_signalled();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("whelm-bench: {e:#}");
