@@ -31,6 +31,12 @@
 //! and the undo is broadcast; a refusal, by the registry or reported by a
 //! worker, is logged at most once per [`STATION_LIMIT_WARN`].
 //!
+//! `STATION MOVED` lines come from the network (one callsign sent from two
+//! sources alternately moves on every frame), so at most
+//! [`MOVED_LOG_LINES`] of them are logged per [`MOVED_LOG_WINDOW`]; the
+//! moves beyond are counted and reported in one line when the window ends,
+//! and at shutdown. The control channel still hears of every move.
+//!
 //! Stats lines are `key=value` fields after a fixed word, for grepping:
 //! `stats kind=periodic|final frames_received=.. frames_forwarded=..
 //! active_stations=.. decode_errors=.. timed_out=.. rate_limited=.. ...`,
@@ -113,6 +119,61 @@ pub struct LimitsState {
 /// The station-cap warning is logged at most this often.
 pub const STATION_LIMIT_WARN: Duration = crate::core::STATION_LIMIT_REPORT;
 
+/// `STATION MOVED` lines logged per [`MOVED_LOG_WINDOW`] at most.
+pub const MOVED_LOG_LINES: u32 = 20;
+/// The window of [`MOVED_LOG_LINES`].
+pub const MOVED_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// A number of log lines per window; the lines beyond are counted.
+#[derive(Debug)]
+struct LogBudget {
+    lines: u32,
+    window: Duration,
+    start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new(lines: u32, window: Duration, now: Instant) -> LogBudget {
+        LogBudget {
+            lines,
+            window,
+            start: now,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged in this window; if not, it is
+    /// counted as suppressed.
+    fn allow(&mut self) -> bool {
+        if self.used < self.lines {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// If the window is over, starts the next one and returns how many
+    /// lines the ended one suppressed (None: nothing to report).
+    fn roll(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.start) < self.window {
+            return None;
+        }
+        self.start = now;
+        self.used = 0;
+        self.flush()
+    }
+
+    /// The lines suppressed so far (None: none), counting from zero again.
+    fn flush(&mut self) -> Option<u64> {
+        Some(std::mem::take(&mut self.suppressed)).filter(|&n| n > 0)
+    }
+}
+
 /// What a reload needs: the command line the relay started with (its flags
 /// still win over the file), the configuration in force, the log filter.
 pub struct ReloadCtx {
@@ -185,6 +246,8 @@ pub struct Coordinator {
     stats_changed: bool,
     /// When the station-cap warning was last logged.
     last_limit_warn: Option<Instant>,
+    /// `STATION MOVED` lines.
+    moved_log: LogBudget,
 }
 
 /// Sums one metric over totals.
@@ -244,6 +307,7 @@ impl Coordinator {
             },
             stats_changed: false,
             last_limit_warn: None,
+            moved_log: LogBudget::new(MOVED_LOG_LINES, MOVED_LOG_WINDOW, Instant::now()),
         }
     }
 
@@ -302,11 +366,14 @@ impl Coordinator {
                 }
             }
             Notice::Moved(id, from, to) => {
-                tracing::info!(
-                    "STATION MOVED: {id} from {} to {}",
-                    display_addr(from),
-                    display_addr(to)
-                );
+                self.report_unlogged_moves(false);
+                if self.moved_log.allow() {
+                    tracing::info!(
+                        "STATION MOVED: {id} from {} to {}",
+                        display_addr(from),
+                        display_addr(to)
+                    );
+                }
                 channel::Event::StationSeen {
                     callsign: id.to_string(),
                     addr: display_addr(to),
@@ -329,6 +396,22 @@ impl Coordinator {
             }
         };
         self.tell_controls(ev);
+    }
+
+    /// The one line for the `STATION MOVED` lines not logged: when the
+    /// budget's window is over, or (`all`) whatever was suppressed so far.
+    fn report_unlogged_moves(&mut self, all: bool) {
+        let n = if all {
+            self.moved_log.flush()
+        } else {
+            self.moved_log.roll(Instant::now())
+        };
+        if let Some(n) = n {
+            tracing::info!(
+                "STATION MOVED: {n} more moves not logged (at most {MOVED_LOG_LINES} lines per {} s)",
+                MOVED_LOG_WINDOW.as_secs()
+            );
+        }
     }
 
     /// The station-cap warning, at most once per [`STATION_LIMIT_WARN`]
@@ -374,6 +457,7 @@ impl Coordinator {
             crossbeam_channel::select! {
                 recv(self.events) -> ev => match ev {
                     Ok(Event::Shutdown) | Err(_) => {
+                        self.report_unlogged_moves(true);
                         self.print_stats(true);
                         return;
                     }
@@ -397,6 +481,7 @@ impl Coordinator {
             }
             if now >= next_tick {
                 next_tick = now + self.tick;
+                self.report_unlogged_moves(false);
                 for (u, n) in self.registry.expire(now) {
                     self.notice(n);
                     self.broadcast(u);
@@ -926,5 +1011,29 @@ impl Coordinator {
             );
         }
         self.last_totals = totals;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_counts_what_it_suppresses_and_reports_it_once() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(2, Duration::from_secs(10), t0);
+        assert!(b.allow());
+        assert!(b.allow());
+        assert!(!b.allow());
+        assert!(!b.allow());
+        assert_eq!(b.roll(t0 + Duration::from_secs(9)), None, "window not over");
+        assert_eq!(b.roll(t0 + Duration::from_secs(10)), Some(2));
+        // A new window: two lines again; nothing left to report.
+        assert!(b.allow());
+        assert!(b.allow());
+        assert_eq!(b.roll(t0 + Duration::from_secs(19)), None);
+        assert!(!b.allow());
+        assert_eq!(b.flush(), Some(1));
+        assert_eq!(b.flush(), None);
     }
 }

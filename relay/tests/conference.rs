@@ -355,6 +355,62 @@ fn station_timeout_on_idle_server() {
     }
 }
 
+/// One callsign sent from two sources alternately moves on every frame:
+/// each frame is still forwarded, but at most 20 `STATION MOVED` lines are
+/// logged per 10 s, and the moves beyond are reported as a count (here at
+/// shutdown).
+#[test]
+fn station_moves_are_logged_within_a_budget() {
+    const MOVES: usize = 120;
+    for engine in ENGINES {
+        let args = [
+            "--reply-to",
+            "source",
+            "--workers",
+            "1",
+            "--station-rate",
+            "0",
+        ];
+        let Some(relay) = start(engine, &args) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("K0K", "127.0.0.1:0");
+        sync(&[&a, &b], relay.ovp);
+        let a2 = Station::bind("W1AW", "127.0.0.1:0");
+        for i in 0..MOVES {
+            let from = if i % 2 == 0 { &a2 } else { &a };
+            let f = from.frame(&[0xEE, i as u8]);
+            from.send(relay.ovp, &f);
+            assert_eq!(
+                b.recv(Duration::from_secs(10)).as_deref(),
+                Some(&f[..]),
+                "{engine}: frame {i}\n{}",
+                relay.stderr()
+            );
+        }
+        let err = relay.stop();
+        let logged = err.matches("STATION MOVED: W1AW from").count();
+        let unlogged: usize = err
+            .lines()
+            .filter_map(|l| l.split("STATION MOVED: ").nth(1))
+            .filter_map(|r| r.split_once(" more moves not logged"))
+            .map(|(n, _)| n.parse::<usize>().unwrap())
+            .sum();
+        assert!(
+            (20..=40).contains(&logged),
+            "{engine}: {logged} lines (20 per 10 s window)\n{err}"
+        );
+        // The workers report moves as they learn them, one per change they
+        // see, so a quick back-and-forth can be one report: not every frame
+        // is a reported move, but no report is both logged and counted.
+        assert!(
+            unlogged > 0 && logged + unlogged <= MOVES,
+            "{engine}: {logged} logged, {unlogged} counted\n{err}"
+        );
+    }
+}
+
 #[test]
 fn address_change_is_followed() {
     for engine in ENGINES {
