@@ -4,10 +4,10 @@
 //! it, else COOP_TASKRUN, else plain), the worker's sockets registered as
 //! fixed files, one provided-buffer ring shared by them, one multishot
 //! `RecvMsgMulti` per socket, and a fixed array of send slots (msghdr +
-//! iovec + sockaddr). A received buffer is sent
-//! to every destination straight from the buffer ring memory (no copy); its
-//! reference count is the number of sends in flight, and it goes back to the
-//! buffer ring when the last one completes.
+//! iovec + sockaddr). A received buffer is sent to every destination
+//! straight from the buffer ring memory (no copy); its reference count is
+//! the number of sends in flight, and it goes back to the buffer ring when
+//! the last one completes.
 //!
 //! user_data: op kind in the top byte ([`OP_RECV`], [`OP_SEND`],
 //! [`OP_WAKE`]), socket index or slot index in the low bits.
