@@ -41,6 +41,8 @@ pub const CONNECTIONS_ACCEPTED: &str = "whelm_control_connections_accepted_total
 pub const CONNECTIONS_REFUSED: &str = "whelm_control_connections_refused_total";
 /// TLS handshakes or records that failed, counter.
 pub const TLS_ERRORS: &str = "whelm_control_tls_errors_total";
+/// Failed accepts on a listener (EMFILE, ENOMEM, ...), counter.
+pub const ACCEPT_ERRORS: &str = "whelm_control_accept_errors_total";
 /// Configuration reloads by `result` (`ok`, `error`), counter.
 pub const RELOADS: &str = "whelm_control_config_reloads_total";
 
@@ -137,6 +139,8 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Written by the network thread.
     pub tls_errors: AtomicU64,
+    /// Written by the network thread.
+    pub accept_errors: AtomicU64,
     /// Written by the reload (signal) thread.
     pub reloads_ok: AtomicU64,
     /// Written by the reload (signal) thread.
@@ -270,6 +274,12 @@ impl Metrics {
             TLS_ERRORS,
             "TLS connections that failed.",
             self.tls_errors.load(Relaxed),
+        );
+        c(
+            &mut o,
+            ACCEPT_ERRORS,
+            "Failed accepts (out of descriptors or memory); the listener retries.",
+            self.accept_errors.load(Relaxed),
         );
         let _ = writeln!(
             o,

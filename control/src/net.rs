@@ -155,7 +155,19 @@ pub struct Net {
     /// Longest poll wait, so that `progress` moves on an idle server.
     idle_wait: Duration,
     accept_errors: RateLimited,
+    /// Sessions the open-file limit leaves room for (see
+    /// [`Net::cap_sessions`]); the connection limit is the lower of this
+    /// and `max_connections`.
+    session_cap: usize,
+    /// After an accept error (EMFILE, ENOMEM, ...), when to try the
+    /// listeners again. The poll is edge-triggered: connections left in
+    /// the backlog raise no new event, so without this they would wait for
+    /// the next connection to arrive.
+    accept_retry: Option<Instant>,
 }
+
+/// How long the listeners rest after an accept error before the next try.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl Net {
     /// A network thread over a bound listener. Returns it and the waker the
@@ -192,6 +204,8 @@ impl Net {
                 progress: Progress::new(),
                 idle_wait: Duration::from_secs(1),
                 accept_errors: RateLimited::new(Duration::from_secs(10)),
+                session_cap: usize::MAX,
+                accept_retry: None,
             },
             waker,
         ))
@@ -219,6 +233,13 @@ impl Net {
         self.idle_wait = idle_wait.max(Duration::from_millis(10));
     }
 
+    /// Caps open sessions at `cap` whatever `max_connections` says (also
+    /// after a reload): each is a descriptor, and those the store, the
+    /// relay link and the listeners need must stay available.
+    pub fn cap_sessions(&mut self, cap: usize) {
+        self.session_cap = cap;
+    }
+
     /// Runs until [`NetCmd::Shutdown`] (or the machine is gone).
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
@@ -235,6 +256,9 @@ impl Net {
             if let Some(&(deadline, _)) = self.closing.front() {
                 timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
             }
+            if let Some(at) = self.accept_retry {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             let timeout = Some(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
@@ -243,6 +267,11 @@ impl Net {
                 return;
             }
             self.progress.mark();
+            if self.accept_retry.is_some_and(|at| at <= Instant::now()) {
+                self.accept_retry = None;
+                self.accept(false);
+                self.accept(true);
+            }
             let again = std::mem::take(&mut self.again);
             for idx in again {
                 self.read(idx, &mut buf);
@@ -325,19 +354,30 @@ impl Net {
             let (mut stream, peer) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log (rate-limited) and retry on
-                    // the next event.
+                    // EMFILE and friends: log (rate-limited) and try again
+                    // shortly; the backlog raises no new event by itself.
                     if let Some(held) = self.accept_errors.allow(Instant::now()) {
                         tracing::warn!(error = %e, similar_errors_not_logged = held, "accept failed");
                     }
+                    self.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             };
             let ip = peer.ip();
             let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-            if self.open >= self.cfg.max_connections
+            if self.open >= self.cfg.max_connections.min(self.session_cap)
                 || (self.cfg.max_per_ip > 0 && per_ip >= self.cfg.max_per_ip)
             {
                 tracing::debug!(%peer, "connection refused: limit reached");

@@ -67,16 +67,18 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<mio::net::TcpListener> {
 const FD_RESERVE: u64 = 64;
 
 /// Raises the open-file limit's soft value to the hard one (every session
-/// is a descriptor: 10,000 sessions need it) and logs the limit in force;
-/// warns when it cannot hold `max_connections` sessions, since accept then
-/// fails (EMFILE) before the connection limit is reached.
-fn raise_nofile(max_connections: usize) {
+/// is a descriptor: 10,000 sessions need it) and logs the limit in force.
+/// Returns how many sessions it leaves room for (the limit less
+/// [`FD_RESERVE`]): more would starve the store and the relay link of
+/// descriptors, so sessions are capped there and a warning says so when
+/// that is below `max_connections`.
+fn raise_nofile(max_connections: usize) -> usize {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
-            return;
+            return usize::MAX;
         }
     };
     let mut limit = soft;
@@ -104,17 +106,18 @@ fn raise_nofile(max_connections: usize) {
         }
     }
     tracing::info!(soft = limit, hard, "open-file limit (RLIMIT_NOFILE)");
-    let need = u64::try_from(max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_add(FD_RESERVE);
-    if limit < need {
+    let cap = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    if cap < max_connections {
         tracing::warn!(
             limit,
             max_connections,
+            sessions = cap,
             "the open-file limit is below max_connections plus {FD_RESERVE}: \
-             connections beyond it fail at accept; raise LimitNOFILE"
+             sessions are capped at the limit less {FD_RESERVE}, and the excess is \
+             refused as at max_connections; raise LimitNOFILE"
         );
     }
+    cap
 }
 
 /// What is ready, for the one ready line scripts and tests wait for.
@@ -167,7 +170,7 @@ pub fn serve(
     opts: Options,
     ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
-    raise_nofile(cfg.net.max_connections);
+    let session_cap = raise_nofile(cfg.net.max_connections);
     let mut notifier = Notifier::new();
     notifier.status("starting: opening the store");
     store
@@ -209,6 +212,7 @@ pub fn serve(
     let (mut net, waker) = Net::new(listener, net_rx, in_tx.clone(), cfg.net.clone())
         .context("setting up the network poll")?;
     net.observe(metrics.clone(), progress, idle_wait);
+    net.cap_sessions(session_cap);
     let tls_addr = match tls {
         Some((l, config, addr)) => {
             net.set_tls(l, config)

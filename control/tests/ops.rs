@@ -532,3 +532,113 @@ fn tls_listener_walks_auth_and_msg_with_a_plain_client() {
             && metric(&m, "whelm_control_tls_errors_total") >= 1.0
     });
 }
+
+// ------------------------------------------------------ descriptors
+
+/// `prlimit ARGS`; the test's own failure when the tool is missing.
+fn prlimit(args: &[&str]) {
+    let out = Command::new("prlimit")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("prlimit (util-linux) {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "prlimit {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Under an open-file limit of 80, sessions are capped at 80 less the 64
+/// descriptors kept for the store, the relay link and the listeners: the
+/// 17th connection gets the capacity error, and the sessions in place can
+/// still store and deliver messages.
+#[test]
+fn open_file_limit_caps_sessions_below_it() {
+    let (_dir, path) = temp_db();
+    let db = path.to_str().unwrap();
+    let ta = add_user(db, "alice");
+    let tb = add_user(db, "bob");
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=80:80", "--", bin()])
+        .args(["--listen", "127.0.0.1:0", "--db", db]);
+    let mut s = Server::start_command(cmd);
+    let mut a = s.client();
+    let mut b = s.client();
+    a.auth(&ta, "alice");
+    let idb = b.auth(&tb, "bob");
+    let mut held = Vec::new();
+    for _ in 0..14 {
+        let mut c = s.client();
+        c.send("HEARTBEAT");
+        c.expect("ERROR Not authenticated");
+        held.push(c);
+    }
+    for _ in 0..3 {
+        let mut c = s.client();
+        assert_eq!(
+            c.until_closed(),
+            vec!["ERROR Server at capacity, try again later"]
+        );
+    }
+    a.send(&format!("MSG {idb} still room for the store"));
+    a.expect("OK MSG");
+    assert!(b.line().contains("still room for the store"));
+    // A freed slot is usable again.
+    drop(held.pop());
+    wait_for("the freed slot", || {
+        let mut c = s.client();
+        c.send("HEARTBEAT");
+        c.line() == "ERROR Not authenticated"
+    });
+    s.terminate();
+    let err = s.stderr();
+    assert!(err.contains("sessions are capped"), "{err}");
+}
+
+/// Accept fails while the process is out of descriptors (its limit lowered
+/// from outside); the connection waiting in the backlog is taken once the
+/// limit is back, without a new connection to wake the listener.
+#[test]
+fn listener_retries_after_running_out_of_descriptors() {
+    let (_dir, path) = temp_db();
+    let db = path.to_str().unwrap();
+    let s = Server::start(db, &["--metrics-listen", "127.0.0.1:0"]);
+    let maddr = field(&s.ready_line, "metrics=");
+    let pid = s.child.id().to_string();
+    let mut first = s.client();
+    first.send("HEARTBEAT");
+    first.expect("ERROR Not authenticated");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap()
+        .to_owned();
+    // Descriptors 0, 1 and 2 are open: no new one fits under 3.
+    prlimit(&["--pid", &pid, &format!("--nofile=3:{hard}")]);
+    let mut waiting = s.client();
+    waiting.send("HEARTBEAT");
+    waiting
+        .w
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut l = String::new();
+    match waiting.r.read_line(&mut l) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("answered while out of descriptors: {other:?} {l:?}"),
+    }
+    prlimit(&["--pid", &pid, &format!("--nofile={hard}:{hard}")]);
+    waiting
+        .w
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    waiting.expect("ERROR Not authenticated");
+    first.send("HEARTBEAT");
+    first.expect("ERROR Not authenticated");
+    assert!(metric(&scrape(maddr), "whelm_control_accept_errors_total") >= 1.0);
+}
