@@ -46,7 +46,8 @@ pub struct Cli {
     /// Open connections [default: 20000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Open connections per peer IP, 0 for no limit [default: 256].
+    /// Open connections per peer IP (IPv6: per /64), 0 for no limit
+    /// [default: 256].
     #[arg(long, value_name = "N")]
     pub max_conns_per_ip: Option<usize>,
     /// Commands per second per session, 0 for no limit [default: 1000].

@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use whelm_daemon::logging::RateLimited;
+use whelm_shared::addr::limit_key;
 use whelm_shared::line::{Command, ErrorReply, LineError, Reply};
 
 use crate::framing::{Frame, Framer};
@@ -135,6 +136,7 @@ pub struct Net {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     by_session: HashMap<SessionId, usize>,
+    /// Open connections per source ([`limit_key`]: IPv6 per /64).
     per_ip: HashMap<IpAddr, usize>,
     open: usize,
     next_session: u64,
@@ -376,7 +378,7 @@ impl Net {
                 }
             };
             let ip = peer.ip();
-            let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+            let per_ip = self.per_ip.get(&limit_key(ip)).copied().unwrap_or(0);
             if self.open >= self.cfg.max_connections.min(self.session_cap)
                 || (self.cfg.max_per_ip > 0 && per_ip >= self.cfg.max_per_ip)
             {
@@ -434,7 +436,7 @@ impl Net {
                 tls: tls_conn,
             });
             self.by_session.insert(session, idx);
-            *self.per_ip.entry(ip).or_insert(0) += 1;
+            *self.per_ip.entry(limit_key(ip)).or_insert(0) += 1;
             self.open += 1;
             if self.machine.send(Input::Connected { session, ip }).is_err() {
                 return;
@@ -631,10 +633,11 @@ impl Net {
         self.free.push(idx);
         self.by_session.remove(&c.session);
         self.open -= 1;
-        if let Some(n) = self.per_ip.get_mut(&c.ip) {
+        let key = limit_key(c.ip);
+        if let Some(n) = self.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.per_ip.remove(&c.ip);
+                self.per_ip.remove(&key);
             }
         }
         if tell_machine && !c.closing {

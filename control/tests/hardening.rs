@@ -865,3 +865,133 @@ fn nasty_message_content_is_byte_exact_mariadb() {
     let mut probe = MysqlProbe::open(&db.dsn);
     nasty_content_flow(&server, &mut probe, &t);
 }
+
+// ------------------------------------------------ IPv6 peers per /64
+
+/// A network namespace of its own whose loopback holds `addrs` (IPv6,
+/// each with its /64), kept by a `sleep` under `unshare -n`.
+struct NetNs(std::process::Child);
+
+impl NetNs {
+    fn new(addrs: &[&str]) -> Result<NetNs, String> {
+        let mut script = String::from("ip link set lo up || exit 1; ");
+        for a in addrs {
+            script += &format!("ip -6 addr add {a}/64 dev lo nodad || exit 1; ");
+        }
+        script += "echo ready; exec sleep 120";
+        let mut holder = std::process::Command::new("unshare")
+            .args(["-n", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run unshare: {e}"))?;
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+        let _ = out.read_line(&mut line);
+        if line.trim() == "ready" {
+            return Ok(NetNs(holder));
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let mut err = String::new();
+        if let Some(mut e) = holder.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        Err(format!("unshare -n with {addrs:?}: {}", err.trim()))
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    /// Runs `f` on a thread that has joined the namespace, so that the
+    /// sockets it opens live there.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The per-IP connection limit counts an IPv6 peer per /64: with a limit
+/// of 2, two connections from 2001:db8:5::2 fill 2001:db8:5::/64, so
+/// 2001:db8:5::3 is refused, while 2001:db8:6::1 (another /64) gets in.
+#[test]
+fn per_ip_limit_counts_an_ipv6_64_as_one_peer() {
+    let ns = match NetNs::new(&[
+        "2001:db8:5::1",
+        "2001:db8:5::2",
+        "2001:db8:5::3",
+        "2001:db8:6::1",
+    ]) {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!(
+                "per_ip_limit_counts_an_ipv6_64_as_one_peer: SKIPPED, needs a network namespace (CAP_SYS_ADMIN) and ip(8): {why}"
+            );
+            return;
+        }
+    };
+    let (dir, path) = temp_db();
+    let db = path.to_str().unwrap().to_owned();
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &ns.pid(), "-n", "--", common::bin()])
+        .args(["--listen", "[2001:db8:5::1]:0", "--db", &db])
+        .args(["--max-conns-per-ip", "2"]);
+    let server = common::Server::start_command(cmd);
+    let addr = server.addr;
+    let from = move |a: &str| -> TcpStream {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        let ip: IpAddr = a.parse().unwrap();
+        s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+        s.connect_timeout(&addr.into(), Duration::from_secs(10))
+            .unwrap();
+        s.into()
+    };
+    let replies = ns.run(move || {
+        let mut held = Vec::new();
+        let mut replies = Vec::new();
+        for a in [
+            "2001:db8:5::2",
+            "2001:db8:5::2",
+            "2001:db8:5::3",
+            "2001:db8:6::1",
+        ] {
+            let mut c = client_of(from(a));
+            let _ = c.w.write_all(b"HEARTBEAT\n");
+            let mut l = String::new();
+            match c.r.read_line(&mut l) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("{a}: {e}"),
+            }
+            replies.push(format!("{a} {}", l.trim_end()));
+            held.push(c);
+        }
+        replies
+    });
+    assert_eq!(
+        replies,
+        [
+            "2001:db8:5::2 ERROR Not authenticated",
+            "2001:db8:5::2 ERROR Not authenticated",
+            "2001:db8:5::3 ERROR Server at capacity, try again later",
+            "2001:db8:6::1 ERROR Not authenticated",
+        ]
+    );
+    drop(server);
+    drop(dir);
+}

@@ -173,7 +173,7 @@ pub struct Cli {
     /// beyond it are dropped and counted (station_limit).
     #[arg(long, value_name = "N")]
     pub max_stations: Option<u32>,
-    /// OVP stations per source IP at most (16).
+    /// OVP stations per source IP at most (16; IPv6: per /64).
     #[arg(long, value_name = "N")]
     pub max_stations_per_ip: Option<u32>,
     /// Only forward these callsigns (repeatable or comma-separated).

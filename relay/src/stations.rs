@@ -15,14 +15,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use whelm_shared::addr::limit_key;
 use whelm_shared::ovp::StationId;
 
 use crate::core::FastMap;
 
-/// The key of a source IP in the per-IP station count: an IPv4-mapped IPv6
-/// address (dual-stack socket) counts as its IPv4 address.
+/// The key of a source in the per-IP station count
+/// ([`whelm_shared::addr::limit_key`]): an IPv4-mapped IPv6 address
+/// (dual-stack socket) counts as its IPv4 address, an IPv6 address as its
+/// /64.
 pub fn ip_key(a: SocketAddr) -> IpAddr {
-    a.ip().to_canonical()
+    limit_key(a.ip())
 }
 
 /// Stations per source IP ([`ip_key`]); no entry at zero. Kept by the
@@ -33,7 +36,7 @@ pub struct IpCounts(FastMap<IpAddr, u32>);
 impl IpCounts {
     /// Stations whose source IP is `ip` ([`ip_key`] applied).
     pub fn get(&self, ip: IpAddr) -> usize {
-        self.0.get(&ip.to_canonical()).map_or(0, |&n| n as usize)
+        self.0.get(&limit_key(ip)).map_or(0, |&n| n as usize)
     }
 
     /// One more station sends from `src`'s IP.

@@ -8,6 +8,8 @@
 //!   for clients and tests).
 //! - [`channel`]: the relay command channel (JSON lines over a Unix
 //!   socket): versioned handshake, commands with typed replies, events.
+//! - [`addr`]: the key a per-address limit counts a source under (IPv6 per
+//!   /64).
 //! - [`dm`]: the direct-message `channel_id` the Whelm web backend uses.
 //! - [`cobs`] and [`station`]: what stations carry inside OVP payloads
 //!   (COBS-framed IPv4/UDP packets of voice, text and control), for the
@@ -16,6 +18,7 @@
 //! Everything here takes bytes or values and returns values; the relay,
 //! control and bench crates own the sockets.
 
+pub mod addr;
 pub mod channel;
 pub mod cobs;
 pub mod dm;
