@@ -117,7 +117,8 @@ impl Default for Progress {
 struct Conn {
     stream: TcpStream,
     session: SessionId,
-    ip: IpAddr,
+    /// The `per_ip` entry it counts under ([`limit_key`] of its peer).
+    ip_key: IpAddr,
     framer: Framer,
     out: Vec<u8>,
     out_pos: usize,
@@ -378,7 +379,8 @@ impl Net {
                 }
             };
             let ip = peer.ip();
-            let per_ip = self.per_ip.get(&limit_key(ip)).copied().unwrap_or(0);
+            let ip_key = limit_key(ip);
+            let per_ip = self.per_ip.get(&ip_key).copied().unwrap_or(0);
             if self.open >= self.cfg.max_connections.min(self.session_cap)
                 || (self.cfg.max_per_ip > 0 && per_ip >= self.cfg.max_per_ip)
             {
@@ -427,7 +429,7 @@ impl Net {
             self.conns[idx] = Some(Conn {
                 stream,
                 session,
-                ip,
+                ip_key,
                 framer: Framer::default(),
                 out: Vec::new(),
                 out_pos: 0,
@@ -436,7 +438,7 @@ impl Net {
                 tls: tls_conn,
             });
             self.by_session.insert(session, idx);
-            *self.per_ip.entry(limit_key(ip)).or_insert(0) += 1;
+            *self.per_ip.entry(ip_key).or_insert(0) += 1;
             self.open += 1;
             if self.machine.send(Input::Connected { session, ip }).is_err() {
                 return;
@@ -633,11 +635,10 @@ impl Net {
         self.free.push(idx);
         self.by_session.remove(&c.session);
         self.open -= 1;
-        let key = limit_key(c.ip);
-        if let Some(n) = self.per_ip.get_mut(&key) {
+        if let Some(n) = self.per_ip.get_mut(&c.ip_key) {
             *n -= 1;
             if *n == 0 {
-                self.per_ip.remove(&key);
+                self.per_ip.remove(&c.ip_key);
             }
         }
         if tell_machine && !c.closing {
