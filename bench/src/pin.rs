@@ -6,9 +6,7 @@ use nix::unistd::Pid;
 /// Pins the calling thread to `core`. Returns why not, as text, on failure
 /// (the run then reports that the generator was not pinned).
 pub fn pin_current_thread(core: usize) -> Result<(), String> {
-    let mut set = CpuSet::new();
-    set.set(core).map_err(|e| format!("core {core}: {e}"))?;
-    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("core {core}: {e}"))
+    sched_setaffinity(Pid::from_raw(0), &set_of(&[core])?).map_err(|e| format!("core {core}: {e}"))
 }
 
 /// The allowed cores not in `server`; empty when the server has them all.

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::EventFd;
-use whelm_daemon::logging::LogHandle;
+use whelm_daemon::logging::{LogHandle, RateLimited};
 use whelm_daemon::notify::Notifier;
 use whelm_shared::channel::{
     self, Command, ErrorCode, Limits, Outcome, RelayMsg, Role, StationInfo,
@@ -244,8 +244,8 @@ pub struct Coordinator {
     ops: Ops,
     /// A reload changed `stats_interval`; the loop reschedules.
     stats_changed: bool,
-    /// When the station-cap warning was last logged.
-    last_limit_warn: Option<Instant>,
+    /// The station-cap warning's rate limit.
+    limit_warn: RateLimited,
     /// `STATION MOVED` lines.
     moved_log: LogBudget,
 }
@@ -306,7 +306,7 @@ impl Coordinator {
                 ready: Arc::default(),
             },
             stats_changed: false,
-            last_limit_warn: None,
+            limit_warn: RateLimited::new(STATION_LIMIT_WARN),
             moved_log: LogBudget::new(MOVED_LOG_LINES, MOVED_LOG_WINDOW, Instant::now()),
         }
     }
@@ -417,14 +417,9 @@ impl Coordinator {
     /// The station-cap warning, at most once per [`STATION_LIMIT_WARN`]
     /// (a flood of new callsigns is counted, not logged).
     fn warn_limit(&mut self, id: StationId, src: SocketAddr, key: &str, limit: usize) {
-        let now = Instant::now();
-        if self
-            .last_limit_warn
-            .is_some_and(|t| now.saturating_duration_since(t) < STATION_LIMIT_WARN)
-        {
+        if self.limit_warn.allow(Instant::now()).is_none() {
             return;
         }
-        self.last_limit_warn = Some(now);
         let dropped: u64 = self
             .info
             .iter()
