@@ -36,12 +36,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -754,79 +754,42 @@ fn sigkill_during_msg_load_mariadb() {
 
 // ------------------------------------------------------------ SQLite faults
 
-/// A process holding a private mount namespace with a file system mounted
-/// on `dir` (the same path inside; empty outside). Control runs in it via
-/// `nsenter`; the test reaches its files through `/proc/PID/root`.
+/// A private mount namespace with a file system mounted on `dir` (the
+/// same path inside; empty outside). Control runs in it via `nsenter`; the
+/// test reaches its files through `/proc/PID/root`.
 struct Jail {
-    holder: Child,
+    /// Its `info` is the mount's source (the loop device for ext4).
+    ns: common::Unshared,
     dir: PathBuf,
-    /// What the holder printed after `ready` (the loop device for ext4).
-    info: String,
 }
 
 impl Jail {
     /// Runs `mount_cmd` (a shell command mounting on `dir`) in a new mount
     /// namespace; `Err(why)` when that is not allowed here.
     fn new(dir: &Path, mount_cmd: &str) -> Result<Jail, String> {
-        let script = format!(
-            "{mount_cmd} || exit 1; echo ready $(findmnt -n -o SOURCE {0}); exec sleep 120",
-            dir.display()
-        );
-        let mut holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run unshare: {e}"))?;
-        let stdout = holder.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut l = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut l);
-            let _ = tx.send(l);
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) if l.starts_with("ready") => Ok(Jail {
-                holder,
-                dir: dir.to_owned(),
-                info: l["ready".len()..].trim().to_owned(),
-            }),
-            other => {
-                let _ = holder.kill();
-                let _ = holder.wait();
-                let mut err = String::new();
-                if let Some(mut e) = holder.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                Err(format!(
-                    "{mount_cmd:?} in a new mount namespace failed ({other:?}): {}",
-                    err.trim()
-                ))
-            }
-        }
+        let ns = common::Unshared::start(
+            &["-m", "--propagation", "private"],
+            mount_cmd,
+            &format!("$(findmnt -n -o SOURCE {})", dir.display()),
+        )?;
+        Ok(Jail {
+            ns,
+            dir: dir.to_owned(),
+        })
     }
 
     /// A path inside, as the test reaches it from outside.
     fn outside(&self, inside: &Path) -> PathBuf {
         let rel = inside.strip_prefix("/").unwrap();
-        PathBuf::from(format!("/proc/{}/root", self.holder.id())).join(rel)
+        PathBuf::from(format!("/proc/{}/root", self.ns.pid())).join(rel)
     }
 
     /// The control binary with `args`, in the namespace.
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.args(["-t", &self.holder.id().to_string(), "-m", "--", bin()])
+        c.args(["-t", &self.ns.pid().to_string(), "-m", "--", bin()])
             .args(args);
         c
-    }
-}
-
-impl Drop for Jail {
-    fn drop(&mut self) {
-        // The namespace, its mount and (autoclear) loop device go with it.
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
     }
 }
 
@@ -1117,7 +1080,7 @@ fn sqlite_read_only() {
             return;
         }
     };
-    let dev = Path::new(&jail.info)
+    let dev = Path::new(&jail.ns.info)
         .file_name()
         .unwrap()
         .to_str()

@@ -869,40 +869,20 @@ fn nasty_message_content_is_byte_exact_mariadb() {
 // ------------------------------------------------ IPv6 peers per /64
 
 /// A network namespace of its own whose loopback holds `addrs` (IPv6,
-/// each with its /64), kept by a `sleep` under `unshare -n`.
-struct NetNs(std::process::Child);
+/// each with its /64).
+struct NetNs(common::Unshared);
 
 impl NetNs {
     fn new(addrs: &[&str]) -> Result<NetNs, String> {
-        let mut script = String::from("ip link set lo up || exit 1; ");
+        let mut setup = String::from("ip link set lo up");
         for a in addrs {
-            script += &format!("ip -6 addr add {a}/64 dev lo nodad || exit 1; ");
+            setup += &format!(" && ip -6 addr add {a}/64 dev lo nodad");
         }
-        script += "echo ready; exec sleep 120";
-        let mut holder = std::process::Command::new("unshare")
-            .args(["-n", "sh", "-c", &script])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run unshare: {e}"))?;
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
-        let _ = out.read_line(&mut line);
-        if line.trim() == "ready" {
-            return Ok(NetNs(holder));
-        }
-        let _ = holder.kill();
-        let _ = holder.wait();
-        let mut err = String::new();
-        if let Some(mut e) = holder.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        Err(format!("unshare -n with {addrs:?}: {}", err.trim()))
+        common::Unshared::start(&["-n"], &setup, "").map(NetNs)
     }
 
     fn pid(&self) -> String {
-        self.0.id().to_string()
+        self.0.pid().to_string()
     }
 
     /// Runs `f` on a thread that has joined the namespace, so that the
@@ -915,13 +895,6 @@ impl NetNs {
         })
         .join()
         .unwrap()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

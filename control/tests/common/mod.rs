@@ -397,3 +397,68 @@ impl Server {
         }
     }
 }
+
+// ---------------------------------------------------------------- namespaces
+
+/// A `sleep` under `unshare FLAGS` holding namespaces of its own, set up by
+/// a shell command run in them first; killed on drop (the namespaces, and
+/// what lives only in them, go with it).
+pub struct Unshared {
+    holder: Child,
+    /// What the holder printed after `ready` (`info` expanded there).
+    pub info: String,
+}
+
+impl Unshared {
+    /// Runs `setup` in new namespaces (`flags`, e.g. `["-n"]`), then prints
+    /// `ready` and the shell expansion of `info`. `Err(why)` when that is
+    /// not allowed here or `setup` fails.
+    pub fn start(flags: &[&str], setup: &str, info: &str) -> Result<Unshared, String> {
+        let script = format!("{setup} || exit 1; echo ready {info}; exec sleep 120");
+        let mut holder = Command::new("unshare")
+            .args(flags)
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run unshare: {e}"))?;
+        let stdout = holder.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut l);
+            let _ = tx.send(l);
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l.starts_with("ready") => Ok(Unshared {
+                holder,
+                info: l["ready".len()..].trim().to_owned(),
+            }),
+            other => {
+                let _ = holder.kill();
+                let _ = holder.wait();
+                let mut err = String::new();
+                if let Some(mut e) = holder.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                Err(format!(
+                    "unshare {flags:?} with {setup:?} failed ({other:?}): {}",
+                    err.trim()
+                ))
+            }
+        }
+    }
+
+    /// The holder's pid, for `nsenter -t` and `/proc/PID/...`.
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+}
+
+impl Drop for Unshared {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
