@@ -103,6 +103,9 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// The summary interval in milliseconds (0: off), read by the machine loop.
     pub summary_ms: Arc<AtomicU64>,
+    /// Sessions the open-file limit leaves room for, whatever
+    /// `max_connections` says.
+    pub session_cap: usize,
 }
 
 impl Reloader {
@@ -169,6 +172,9 @@ impl Reloader {
             if let Some(v) = cur.effective.get(k) {
                 new.effective.insert(k.to_owned(), v.clone());
             }
+        }
+        if new.net.max_connections != cur.net.max_connections {
+            crate::runtime::warn_if_capped(self.session_cap, new.net.max_connections);
         }
         if changed.is_empty() {
             tracing::info!("configuration reloaded: nothing changed");

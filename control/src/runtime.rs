@@ -107,9 +107,15 @@ fn raise_nofile(max_connections: usize) -> usize {
     }
     tracing::info!(soft = limit, hard, "open-file limit (RLIMIT_NOFILE)");
     let cap = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    warn_if_capped(cap, max_connections);
+    cap
+}
+
+/// Warns when the descriptor cap on sessions (see [`raise_nofile`]) is below
+/// `max_connections`, at start and at a reload that sets it.
+pub(crate) fn warn_if_capped(cap: usize, max_connections: usize) {
     if cap < max_connections {
         tracing::warn!(
-            limit,
             max_connections,
             sessions = cap,
             "the open-file limit is below max_connections plus {FD_RESERVE}: \
@@ -117,7 +123,6 @@ fn raise_nofile(max_connections: usize) -> usize {
              refused as at max_connections; raise LimitNOFILE"
         );
     }
-    cap
 }
 
 /// What is ready, for the one ready line scripts and tests wait for.
@@ -253,6 +258,7 @@ pub fn serve(
         log: opts.log,
         metrics: metrics.clone(),
         summary_ms: summary_ms.clone(),
+        session_cap,
     };
     thread::Builder::new()
         .name("signals".into())

@@ -558,10 +558,15 @@ fn open_file_limit_caps_sessions_below_it() {
     let db = path.to_str().unwrap();
     let ta = add_user(db, "alice");
     let tb = add_user(db, "bob");
+    let file = _dir.path().join("control.toml");
+    std::fs::write(&file, "max_connections = 10000\n").unwrap();
     let mut cmd = Command::new("prlimit");
     cmd.args(["--nofile=80:80", "--", bin()])
-        .args(["--listen", "127.0.0.1:0", "--db", db]);
+        .args(["--listen", "127.0.0.1:0", "--db", db])
+        .args(["--config", file.to_str().unwrap()])
+        .args(["--metrics-listen", "127.0.0.1:0"]);
     let mut s = Server::start_command(cmd);
+    let maddr = field(&s.ready_line, "metrics=");
     let mut a = s.client();
     let mut b = s.client();
     a.auth(&ta, "alice");
@@ -590,9 +595,33 @@ fn open_file_limit_caps_sessions_below_it() {
         c.send("HEARTBEAT");
         c.line() == "ERROR Not authenticated"
     });
+    // A reload that raises max_connections past the cap warns again, and
+    // the cap holds.
+    std::fs::write(&file, "max_connections = 20000\n").unwrap();
+    sighup(&s);
+    wait_for("the reload", || {
+        metric(
+            &scrape(maddr),
+            "whelm_control_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    });
+    wait_for("a session in the freed slot", || {
+        let mut c = s.client();
+        c.send("HEARTBEAT");
+        let ok = c.line() == "ERROR Not authenticated";
+        if ok {
+            held.push(c);
+        }
+        ok
+    });
+    let mut c = s.client();
+    assert_eq!(
+        c.until_closed(),
+        vec!["ERROR Server at capacity, try again later"]
+    );
     s.terminate();
     let err = s.stderr();
-    assert!(err.contains("sessions are capped"), "{err}");
+    assert_eq!(err.matches("sessions are capped").count(), 2, "{err}");
 }
 
 /// Accept fails while the process is out of descriptors (its limit lowered
