@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use common::{
     Client, MysqlProbe, Probe, READ_TIMEOUT, Server, SqliteProbe, TempMariaDb, add_user, bin,
 };
+use whelm_testkit::Unshared;
 
 /// A MSG's answer may take this long at most, outage or not (the default
 /// MariaDB read timeout is 5 s).
@@ -759,7 +760,7 @@ fn sigkill_during_msg_load_mariadb() {
 /// test reaches its files through `/proc/PID/root`.
 struct Jail {
     /// Its `info` is the mount's source (the loop device for ext4).
-    ns: common::Unshared,
+    ns: Unshared,
     dir: PathBuf,
 }
 
@@ -767,7 +768,7 @@ impl Jail {
     /// Runs `mount_cmd` (a shell command mounting on `dir`) in a new mount
     /// namespace; `Err(why)` when that is not allowed here.
     fn new(dir: &Path, mount_cmd: &str) -> Result<Jail, String> {
-        let ns = common::Unshared::start(
+        let ns = Unshared::start(
             &["-m", "--propagation", "private"],
             mount_cmd,
             &format!("$(findmnt -n -o SOURCE {})", dir.display()),

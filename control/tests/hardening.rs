@@ -24,6 +24,7 @@ use common::{
     Client, MysqlProbe, Probe, READ_TIMEOUT, Server, SqliteProbe, TempMariaDb, add_user, temp_db,
 };
 use whelm_shared::line::{MAX_LINE_LEN, MessageJson, Reply};
+use whelm_testkit::NetNs;
 
 /// Polls `f` until it is true (bounded).
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -868,36 +869,6 @@ fn nasty_message_content_is_byte_exact_mariadb() {
 
 // ------------------------------------------------ IPv6 peers per /64
 
-/// A network namespace of its own whose loopback holds `addrs` (IPv6,
-/// each with its /64).
-struct NetNs(common::Unshared);
-
-impl NetNs {
-    fn new(addrs: &[&str]) -> Result<NetNs, String> {
-        let mut setup = String::from("ip link set lo up");
-        for a in addrs {
-            setup += &format!(" && ip -6 addr add {a}/64 dev lo nodad");
-        }
-        common::Unshared::start(&["-n"], &setup, "").map(NetNs)
-    }
-
-    fn pid(&self) -> String {
-        self.0.pid().to_string()
-    }
-
-    /// Runs `f` on a thread that has joined the namespace, so that the
-    /// sockets it opens live there.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid())).unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
 /// The per-IP connection limit counts an IPv6 peer per /64: with a limit
 /// of 2, two connections from 2001:db8:5::2 fill 2001:db8:5::/64, so
 /// 2001:db8:5::3 is refused, while 2001:db8:6::1 (another /64) gets in.
@@ -911,17 +882,17 @@ fn per_ip_limit_counts_an_ipv6_64_as_one_peer() {
     ]) {
         Ok(ns) => ns,
         Err(why) => {
-            eprintln!(
-                "per_ip_limit_counts_an_ipv6_64_as_one_peer: SKIPPED, needs a network namespace (CAP_SYS_ADMIN) and ip(8): {why}"
+            whelm_testkit::skip(
+                "per_ip_limit_counts_an_ipv6_64_as_one_peer",
+                &format!("needs a network namespace (CAP_SYS_ADMIN) and ip(8): {why}"),
             );
             return;
         }
     };
     let (dir, path) = temp_db();
     let db = path.to_str().unwrap().to_owned();
-    let mut cmd = std::process::Command::new("nsenter");
-    cmd.args(["-t", &ns.pid(), "-n", "--", common::bin()])
-        .args(["--listen", "[2001:db8:5::1]:0", "--db", &db])
+    let mut cmd = ns.command(common::bin());
+    cmd.args(["--listen", "[2001:db8:5::1]:0", "--db", &db])
         .args(["--max-conns-per-ip", "2"]);
     let server = common::Server::start_command(cmd);
     let addr = server.addr;

@@ -17,6 +17,12 @@
 //!   exactly the five admitted sources). A latecomer is refused until the
 //!   silent ones time out, then registers. The legitimate stations lose
 //!   nothing meanwhile.
+//! - [`station_cap_counts_an_ipv6_64_as_one_source`]: in a network
+//!   namespace of its own (skipped without one, outside CI), with
+//!   `--max-stations-per-ip 2`, two callsigns from 2001:db8:5::2 fill
+//!   2001:db8:5::/64, so a third from 2001:db8:5::3 is refused (counted
+//!   `station_limit` once, never sent a frame), while one from
+//!   2001:db8:6::1 (another /64) registers and reaches the first two.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,9 +36,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Control, ENGINES, Station, drops, final_stats, is_sync, start, sync};
+use common::{
+    BIN, Control, ENGINES, Station, drops, final_stats, is_sync, start, start_command, sync,
+};
 use whelm_shared::channel::{Command, Outcome, Role, StationInfo};
 use whelm_shared::ovp::{HEADER_LEN, StationId, write_header};
+use whelm_testkit::NetNs;
 
 /// The legitimate stations, on 127.0.0.2, .3 and .4.
 const LEGIT: [&str; 3] = ["W1AW", "KB5MU-11", "W5NYV.NCS"];
@@ -660,5 +669,150 @@ fn caps_change_on_reload() {
         assert_eq!(f["active_stations"], 3, "{engine}");
         assert_eq!(f["drop_station_limit"], 2, "{engine}");
         assert!(!err.contains("NEW STATION: VE7ABC"), "{engine}");
+    }
+}
+
+// ------------------------------------------------------------ IPv6 per /64
+
+/// The relay's address in the namespace.
+const V6_RELAY: &str = "2001:db8:5::1";
+/// Two stations here fill 2001:db8:5::/64 ...
+const V6_FULL: &str = "2001:db8:5::2";
+/// ... so one here (same /64) is refused ...
+const V6_SAME_64: &str = "2001:db8:5::3";
+/// ... and one here (another /64) is not.
+const V6_OTHER_64: &str = "2001:db8:6::1";
+
+/// Waits (bounded) until the relay has dealt with `station`'s first frame:
+/// refused it (`station_limit` counted) or registered the callsign.
+fn wait_handled(engine: &str, op: &mut Control, station: &Station) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if drops(&op.counters(), "station_limit") > 0
+            || stations(op).iter().any(|s| s.callsign == station.callsign)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: {}'s frame was neither refused nor registered in 10 s",
+            station.callsign
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn ipv6_64_scenario(ns: &NetNs, engine: &str) {
+    let Some(relay) = start_command(
+        ns.command(BIN),
+        V6_RELAY,
+        engine,
+        &[
+            "--reply-to",
+            "source",
+            "--workers",
+            "1",
+            "--max-stations-per-ip",
+            "2",
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(relay.ovp.ip().to_string(), V6_RELAY, "{}", relay.ready_line);
+    // Sockets opened in the namespace stay there, usable from here.
+    let [a1, a2, refused, other] = ns.run(|| {
+        [
+            Station::bind("W1AW", &format!("[{V6_FULL}]:0")),
+            Station::bind("KB5MU-11", &format!("[{V6_FULL}]:0")),
+            Station::bind("W5NYV", &format!("[{V6_SAME_64}]:0")),
+            Station::bind("VE7ABC", &format!("[{V6_OTHER_64}]:0")),
+        ]
+    });
+    let mut op = Control::connect(&relay.socket, Role::Operator);
+
+    // Two callsigns from one address (two sockets): both register, and the
+    // /64 is full.
+    sync(&[&a1, &a2], relay.ovp);
+    assert_eq!(
+        drops(&op.counters(), "station_limit"),
+        0,
+        "{engine}: refused within the cap"
+    );
+    // A third from another address of the same /64.
+    refused.send(relay.ovp, &refused.frame(b"REG"));
+    wait_handled(engine, &mut op, &refused);
+    // One from another /64: it registers and everyone registered hears it.
+    sync(&[&a1, &a2, &other], relay.ovp);
+
+    let hello = other.frame(b"HELLO FROM 2001:db8:6::1");
+    other.send(relay.ovp, &hello);
+    for s in [&a1, &a2] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let f = s.recv(Duration::from_millis(200));
+            if f.as_deref() == Some(&hello[..]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{engine}: {} at {V6_FULL} did not receive {}'s frame (last: {f:?})",
+                s.callsign,
+                other.callsign
+            );
+        }
+    }
+    // The refused station was sent nothing at all: not that frame (fanned
+    // out with the copies the others received), nor any sync probe.
+    let mut leaked = Vec::new();
+    while let Some(f) = refused.recv(Duration::from_millis(500)) {
+        leaked.push(f);
+    }
+    assert!(
+        leaked.is_empty(),
+        "{engine}: the refused station at {V6_SAME_64} was sent {} frames ({}'s among them: {})",
+        leaked.len(),
+        other.callsign,
+        leaked.contains(&hello)
+    );
+
+    // The registry has the three admitted callsigns, and the refusal is
+    // counted once.
+    let mut reg: Vec<(String, String)> = stations(&mut op)
+        .into_iter()
+        .map(|s| (s.callsign, s.addr.ip().to_string()))
+        .collect();
+    reg.sort();
+    assert_eq!(
+        reg,
+        [
+            ("KB5MU-11".to_string(), V6_FULL.to_string()),
+            ("VE7ABC".to_string(), V6_OTHER_64.to_string()),
+            ("W1AW".to_string(), V6_FULL.to_string()),
+        ],
+        "{engine}: registry"
+    );
+    let c = op.counters();
+    assert_eq!(drops(&c, "station_limit"), 1, "{engine}: station_limit");
+    assert_eq!(drops(&c, "rate_limited"), 0, "{engine}: rate limit hit");
+    drop(op);
+    let f = final_stats(&relay.stop());
+    assert_eq!(f["drop_station_limit"], 1, "{engine}");
+    assert_eq!(f["active_stations"], 3, "{engine}");
+}
+
+#[test]
+fn station_cap_counts_an_ipv6_64_as_one_source() {
+    let ns = match NetNs::new(&[V6_RELAY, V6_FULL, V6_SAME_64, V6_OTHER_64]) {
+        Ok(ns) => ns,
+        Err(why) => {
+            whelm_testkit::skip(
+                "station_cap_counts_an_ipv6_64_as_one_source",
+                &format!("needs a network namespace (CAP_SYS_ADMIN) and ip(8): {why}"),
+            );
+            return;
+        }
+    };
+    for e in ENGINES {
+        ipv6_64_scenario(&ns, e);
     }
 }

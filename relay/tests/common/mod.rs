@@ -53,8 +53,18 @@ fn spawn_stderr_reader(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> 
     buf
 }
 
+/// The relay binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_whelm-relay");
+
 /// Starts `whelm-relay` with `args` and waits (bounded) for its ready line.
 pub fn try_start(args: &[&str]) -> Start {
+    try_start_command(Command::new(BIN), args)
+}
+
+/// Like [`try_start`], with the binary run by `cmd` (plain, or behind a
+/// prefix such as `nsenter -t PID -n --` that execs it), to which `args`
+/// are added.
+pub fn try_start_command(mut cmd: Command, args: &[&str]) -> Start {
     // Every relay gets its own command socket (unless the test names one),
     // so parallel tests never meet at the default path.
     let (dir, socket) = match args.iter().position(|a| *a == "--control-socket") {
@@ -70,7 +80,7 @@ pub fn try_start(args: &[&str]) -> Start {
         full.push("--control-socket".into());
         full.push(socket.display().to_string());
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_whelm-relay"))
+    let mut child = cmd
         .args(&full)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -134,9 +144,15 @@ pub fn try_start(args: &[&str]) -> Start {
 /// Returns None (after a notice) when io_uring is unavailable and the
 /// environment does not require it.
 pub fn start(engine: &str, extra: &[&str]) -> Option<Relay> {
+    start_command(Command::new(BIN), "127.0.0.1", engine, extra)
+}
+
+/// Like [`start`], binding `bind`, with the binary run by `cmd` (see
+/// [`try_start_command`]).
+pub fn start_command(cmd: Command, bind: &str, engine: &str, extra: &[&str]) -> Option<Relay> {
     let mut args = vec![
         "--bind",
-        "127.0.0.1",
+        bind,
         "-p",
         "0",
         "--voice-port",
@@ -145,7 +161,7 @@ pub fn start(engine: &str, extra: &[&str]) -> Option<Relay> {
         engine,
     ];
     args.extend_from_slice(extra);
-    match try_start(&args) {
+    match try_start_command(cmd, &args) {
         Start::Ok(r) => {
             assert!(
                 r.ready_line.contains(&format!("engine={engine}")),
