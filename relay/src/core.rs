@@ -26,7 +26,7 @@
 //! source address -> [`VoiceSlot`] (a route to the partner, or why not), then
 //! the worker's share of the bandwidth limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -213,10 +213,10 @@ impl CoreConfig {
     }
 }
 
-/// A cheap hasher for keys that are already well spread (station ids,
-/// socket addresses): a multiply-rotate over the written words. Not
-/// DoS-resistant against chosen keys, but keys are bounded tables filled by
-/// valid frames or control, never by arbitrary garbage.
+/// A cheap hasher for keys that are already well spread (socket
+/// addresses): a multiply-rotate over the written words. Not DoS-resistant
+/// against chosen keys: only for tables whose keys control installs (the
+/// registered voice addresses). Tables an outsider fills use [`KeyedMap`].
 #[derive(Default, Clone, Copy)]
 pub struct FastHasher(u64);
 
@@ -249,6 +249,12 @@ impl Hasher for FastHasher {
 /// HashMap with [`FastHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// HashMap for keys an outsider chooses (the source address of any
+/// datagram, the callsign of any valid frame): std's SipHash with a random
+/// key per map, so that nobody can pick keys that collide and turn every
+/// lookup into a walk along the table.
+pub type KeyedMap<K, V> = HashMap<K, V, std::collections::hash_map::RandomState>;
+
 /// Per-source token bucket state.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -256,9 +262,17 @@ struct Bucket {
     last: Instant,
 }
 
-/// Sources tracked by one worker's rate limiter at most; beyond it new
-/// sources are dropped as rate-limited until idle entries are purged.
+/// Sources tracked by one worker's rate limiter at most. A new source
+/// beyond it takes the place of the one tracked longest, which starts
+/// again with a full bucket when it next sends.
 pub const MAX_LIMITER_SOURCES: usize = 65_536;
+
+/// A station that moved to another source address stays there this long:
+/// frames of its callsign from elsewhere meanwhile are forwarded but move
+/// nothing. A station whose address changes moves at once; one callsign
+/// sent from several ports in turn costs one move (a table update on every
+/// worker and an event to control) per second instead of one per frame.
+pub const MOVE_HOLD: Duration = Duration::from_secs(1);
 
 /// A source idle this long is forgotten by the limiter (its bucket is full).
 const LIMITER_IDLE: Duration = Duration::from_secs(10);
@@ -291,7 +305,9 @@ pub struct Core {
     voice: FastMap<SocketAddr, VoiceSlot>,
     /// This worker's share of the voice bandwidth limit (None = no limit).
     bandwidth: Option<Bandwidth>,
-    limiter: FastMap<SocketAddr, Bucket>,
+    limiter: KeyedMap<SocketAddr, Bucket>,
+    /// The limiter's sources, oldest first (the same keys as `limiter`).
+    limiter_order: VecDeque<SocketAddr>,
     learned: Vec<Learned>,
     hellos: Vec<PendingHello>,
 }
@@ -305,7 +321,8 @@ impl Core {
             last_refusal: None,
             voice: FastMap::default(),
             bandwidth: None,
-            limiter: FastMap::default(),
+            limiter: KeyedMap::default(),
+            limiter_order: VecDeque::new(),
             learned: Vec::new(),
             hellos: Vec::new(),
         }
@@ -429,11 +446,12 @@ impl Core {
         let slot = match self.stations.slot(station) {
             Some(i) => {
                 let from = self.stations.src(i);
-                if from != peer {
+                if from != peer && self.stations.may_move(i, now) {
                     if ip_key(from) != ip_key(peer) && self.ip_full(peer) {
                         return self.refuse(station, peer, StationCap::PerIp, now);
                     }
                     self.stations.set_src(i, peer, self.cfg.dest_for(peer));
+                    self.stations.hold(i, now + MOVE_HOLD);
                     self.learned.push(Learned::Moved {
                         id: station,
                         from,
@@ -509,9 +527,13 @@ impl Core {
             } else {
                 false
             }
-        } else if self.limiter.len() >= MAX_LIMITER_SOURCES {
-            false
         } else {
+            if self.limiter.len() >= MAX_LIMITER_SOURCES
+                && let Some(oldest) = self.limiter_order.pop_front()
+            {
+                self.limiter.remove(&oldest);
+            }
+            self.limiter_order.push_back(peer);
             self.limiter.insert(
                 peer,
                 Bucket {
@@ -608,6 +630,8 @@ impl Core {
     pub fn purge_limiter(&mut self, now: Instant) {
         self.limiter
             .retain(|_, b| now.saturating_duration_since(b.last) < LIMITER_IDLE);
+        let kept = &self.limiter;
+        self.limiter_order.retain(|k| kept.contains_key(k));
     }
 }
 
@@ -762,6 +786,84 @@ mod tests {
         }
         assert_eq!(c.station_count(), 0);
         assert!(!c.has_learned());
+    }
+
+    /// 65,536 sources (one junk datagram each, as a spread of spoofed
+    /// addresses would send) fill the limiter; the next new source, a real
+    /// station, is still heard, and a flood from a new source is still cut
+    /// to its burst.
+    #[test]
+    fn a_full_rate_limiter_still_admits_and_limits_new_sources() {
+        let t = Instant::now();
+        let mut cf = cfg(ReplyTo::Source);
+        cf.station_rate = 25;
+        cf.station_burst = 5;
+        let mut c = Core::new(cf);
+        for n in 0..MAX_LIMITER_SOURCES as u32 {
+            let [a, b, hi, lo] = n.to_be_bytes();
+            let src = SocketAddr::from(([10, a | b, hi, lo], 1000));
+            assert!(matches!(
+                c.decide(b"x", src, PortKind::Ovp, t),
+                Decision::Drop(DropReason::Decode(_))
+            ));
+        }
+        assert_eq!(c.limiter.len(), MAX_LIMITER_SOURCES);
+        let station = addr("192.0.2.1:4000");
+        assert!(dests(c.decide(&frame("W1AW", b""), station, PortKind::Ovp, t)).is_empty());
+        let flooder = addr("192.0.2.2:4000");
+        let f = frame("K0K", b"");
+        let passed = (0..20)
+            .filter(|_| {
+                matches!(
+                    c.decide(&f, flooder, PortKind::Ovp, t),
+                    Decision::Forward(_)
+                )
+            })
+            .count();
+        assert_eq!(passed, 5);
+        assert_eq!(c.limiter.len(), MAX_LIMITER_SOURCES);
+        assert_eq!(c.limiter_order.len(), MAX_LIMITER_SOURCES);
+        // The station is tracked (its frames count against its bucket).
+        assert!(c.limiter.contains_key(&station));
+        c.purge_limiter(t + LIMITER_IDLE);
+        assert!(c.limiter.is_empty() && c.limiter_order.is_empty());
+    }
+
+    /// A callsign sent from two ports in turn moves once per [`MOVE_HOLD`],
+    /// not once per frame; its frames are forwarded all the while.
+    #[test]
+    fn a_station_moves_at_most_once_per_hold() {
+        let t = Instant::now();
+        let mut c = Core::new(cfg(ReplyTo::Source));
+        let a = addr("127.0.0.1:1000");
+        let a2 = addr("127.0.0.1:1001");
+        let b = addr("127.0.0.1:2000");
+        dests(c.decide(&frame("K0K", b""), b, PortKind::Ovp, t));
+        dests(c.decide(&frame("W1AW", b""), a, PortKind::Ovp, t));
+        c.take_learned();
+        let mut moves = 0;
+        for n in 0..100u32 {
+            let now = t + Duration::from_millis(u64::from(n) * 10);
+            let src = if n % 2 == 0 { a2 } else { a };
+            assert_eq!(
+                dests(c.decide(&frame("W1AW", b""), src, PortKind::Ovp, now)),
+                vec![b]
+            );
+            moves += c.take_learned().len();
+        }
+        // 100 frames over 990 ms: the first moves it, the rest are held.
+        assert_eq!(moves, 1);
+        assert_eq!(c.stations.source_of(id("W1AW")), Some(a2));
+        let later = t + MOVE_HOLD + Duration::from_millis(1);
+        dests(c.decide(&frame("W1AW", b""), a, PortKind::Ovp, later));
+        assert_eq!(
+            c.take_learned(),
+            vec![Learned::Moved {
+                id: id("W1AW"),
+                from: a2,
+                to: a
+            }]
+        );
     }
 
     #[test]
@@ -1123,10 +1225,11 @@ mod tests {
                 to: a1b
             }]
         );
-        // A1 leaves 10.0.0.1: room for B.
-        dests(c.decide(&frame("A1", b""), addr("10.0.0.3:1"), PortKind::Ovp, t));
+        // A1 leaves 10.0.0.1 (after its hold): room for B.
+        let t2 = t + MOVE_HOLD;
+        dests(c.decide(&frame("A1", b""), addr("10.0.0.3:1"), PortKind::Ovp, t2));
         assert_eq!(c.stations_from(a1.ip()), 1);
-        dests(c.decide(&frame("B", b""), b_to_a, PortKind::Ovp, t));
+        dests(c.decide(&frame("B", b""), b_to_a, PortKind::Ovp, t2));
         assert_eq!(c.station_source(id("B")), Some(b_to_a));
         assert_eq!(c.stations_from(b.ip()), 0);
         assert_consistent(&c);
@@ -1257,9 +1360,10 @@ mod tests {
             dests(c.decide(&frame("F0", b""), victim, PortKind::Ovp, t)),
             vec![victim]
         );
-        dests(c.decide(&frame("W1AW", b""), legit, PortKind::Ovp, t));
+        let t2 = t + MOVE_HOLD;
+        dests(c.decide(&frame("W1AW", b""), legit, PortKind::Ovp, t2));
         // F0 shares its address with F1..F299, who must hear it: one copy.
-        let mut got = dests(c.decide(&frame("F0", b""), victim, PortKind::Ovp, t));
+        let mut got = dests(c.decide(&frame("F0", b""), victim, PortKind::Ovp, t2));
         got.sort();
         assert_eq!(got, vec![victim, legit]);
         assert_consistent(&c);
@@ -1271,7 +1375,7 @@ mod tests {
     /// fan-out is exactly the distinct addresses of the other stations.
     #[test]
     fn random_operations_keep_the_tables_consistent() {
-        let t = Instant::now();
+        let t0 = Instant::now();
         let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -1281,15 +1385,28 @@ mod tests {
         };
         for reply_to in [ReplyTo::Source, ReplyTo::ListenPort] {
             let mut c = capped(reply_to, 12, 4);
-            let (mut forwarded, mut refused) = (0, 0);
+            let (mut forwarded, mut refused, mut held) = (0, 0, 0);
+            let mut t = t0;
+            // When each callsign last moved by a frame of its own (a hold).
+            let mut moved_at: HashMap<String, Instant> = HashMap::new();
             for _ in 0..5000 {
+                t += MOVE_HOLD / 4 * next(3) as u32;
                 let cs = format!("S{}", next(20));
                 let src = addr(&format!("10.0.0.{}:{}", 1 + next(5), 1 + next(3)));
                 match next(10) {
-                    0 => c.apply(&Update::RemoveStation { id: id(&cs) }),
-                    1 => c.apply(&Update::Station { id: id(&cs), src }),
+                    0 => {
+                        c.apply(&Update::RemoveStation { id: id(&cs) });
+                        moved_at.remove(&cs);
+                    }
+                    1 => {
+                        if c.station_source(id(&cs)).is_none() {
+                            moved_at.remove(&cs);
+                        }
+                        c.apply(&Update::Station { id: id(&cs), src });
+                    }
                     _ => {
                         let before = c.station_source(id(&cs));
+                        let holding = moved_at.get(&cs).is_some_and(|&m| t < m + MOVE_HOLD);
                         let (n, from_ip) = (c.station_count(), c.stations_from(src.ip()));
                         match c.decide(&frame(&cs, b""), src, PortKind::Ovp, t) {
                             Decision::Forward(f) => {
@@ -1297,13 +1414,21 @@ mod tests {
                                 assert_eq!(got.len(), f.len());
                                 got.sort();
                                 assert_eq!(got, c.stations.expected_fanout(id(&cs)));
-                                assert_eq!(c.station_source(id(&cs)), Some(src));
+                                if holding && before != Some(src) {
+                                    assert_eq!(c.station_source(id(&cs)), before);
+                                    held += 1;
+                                } else {
+                                    assert_eq!(c.station_source(id(&cs)), Some(src));
+                                    if before.is_some_and(|b| b != src) {
+                                        moved_at.insert(cs.clone(), t);
+                                    }
+                                }
                                 forwarded += 1;
                             }
                             Decision::Drop(DropReason::StationLimit) => {
                                 assert_eq!(c.station_source(id(&cs)), before);
                                 let new_ip = before.is_none_or(|b| ip_key(b) != ip_key(src));
-                                assert!(new_ip);
+                                assert!(new_ip && !holding);
                                 assert!(
                                     (before.is_none() && n >= 12) || from_ip >= 4,
                                     "refused below the caps"
@@ -1316,7 +1441,10 @@ mod tests {
                 }
                 assert_consistent(&c);
             }
-            assert!(forwarded > 1000 && refused > 100, "{forwarded} {refused}");
+            assert!(
+                forwarded > 1000 && refused > 100 && held > 100,
+                "{forwarded} {refused} {held}"
+            );
             c.take_learned();
         }
     }

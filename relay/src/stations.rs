@@ -14,11 +14,12 @@
 //! station for a frame, and applies the coordinator's updates as they come.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use whelm_shared::addr::limit_key;
 use whelm_shared::ovp::StationId;
 
-use crate::core::FastMap;
+use crate::core::KeyedMap;
 
 /// The key of a source in the per-IP station count
 /// ([`whelm_shared::addr::limit_key`]): an IPv4-mapped IPv6 address
@@ -31,7 +32,7 @@ pub fn ip_key(a: SocketAddr) -> IpAddr {
 /// Stations per source IP ([`ip_key`]); no entry at zero. Kept by the
 /// worker's table and by the coordinator's registry alike.
 #[derive(Debug, Default, Clone)]
-pub struct IpCounts(FastMap<IpAddr, u32>);
+pub struct IpCounts(KeyedMap<IpAddr, u32>);
 
 impl IpCounts {
     /// Stations whose source IP is `ip` ([`ip_key`] applied).
@@ -118,12 +119,14 @@ pub struct Stations {
     fan_slot: Vec<usize>,
     /// Valid frames since the last seen-report, per slot.
     seen: Vec<u32>,
-    index: FastMap<StationId, usize>,
+    /// Until when a slot stays where it is (see [`Stations::hold`]).
+    held: Vec<Option<Instant>>,
+    index: KeyedMap<StationId, usize>,
     /// The distinct destinations; `fan_refs[u]` slots send to `fan[u]`;
     /// `fan_index` maps an address to its place.
     fan: Vec<SocketAddr>,
     fan_refs: Vec<u32>,
-    fan_index: FastMap<SocketAddr, usize>,
+    fan_index: KeyedMap<SocketAddr, usize>,
     per_ip: IpCounts,
 }
 
@@ -190,6 +193,7 @@ impl Stations {
         self.dests.push(dest);
         self.fan_slot.push(u);
         self.seen.push(0);
+        self.held.push(None);
         self.index.insert(id, i);
         self.per_ip.add(src);
         i
@@ -207,9 +211,20 @@ impl Stations {
         self.dests.swap_remove(i);
         self.fan_slot.swap_remove(i);
         self.seen.swap_remove(i);
+        self.held.swap_remove(i);
         if let Some(moved) = self.ids.get(i) {
             self.index.insert(*moved, i);
         }
+    }
+
+    /// True when slot `i` may move at `now` (no [`Stations::hold`] in force).
+    pub fn may_move(&self, i: usize, now: Instant) -> bool {
+        self.held[i].is_none_or(|t| now >= t)
+    }
+
+    /// Keeps slot `i` where it is until `until`.
+    pub fn hold(&mut self, i: usize, until: Instant) {
+        self.held[i] = Some(until);
     }
 
     /// Moves slot `i` to source `src`, destination `dest`.
@@ -308,6 +323,7 @@ impl Stations {
         assert_eq!(self.dests.len(), n);
         assert_eq!(self.fan_slot.len(), n);
         assert_eq!(self.seen.len(), n);
+        assert_eq!(self.held.len(), n);
         assert_eq!(self.index.len(), n);
         for i in 0..n {
             assert_eq!(self.index[&self.ids[i]], i);
