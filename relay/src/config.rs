@@ -535,6 +535,21 @@ impl Merged {
 
     fn cores(&self) -> Result<Vec<usize>, BadValue> {
         let key = "cores";
+        let list = self.core_list()?;
+        if list.len() > MAX_WORKERS {
+            return Err(self.bad(
+                key,
+                format!(
+                    "{} cores listed: at most {MAX_WORKERS} (one worker each)",
+                    list.len()
+                ),
+            ));
+        }
+        Ok(list)
+    }
+
+    fn core_list(&self) -> Result<Vec<usize>, BadValue> {
+        let key = "cores";
         match self.table.get(key) {
             Some(toml::Value::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
             Some(toml::Value::String(s)) => parse_cores(s).map_err(|e| self.bad(key, e)),
@@ -701,7 +716,7 @@ impl Config {
             }
         };
         let list = m.cores()?;
-        let workers = m.int("workers", 0, 256)? as usize;
+        let workers = m.int("workers", 0, MAX_WORKERS as i64)? as usize;
         let cores = match (list.is_empty(), workers) {
             (true, 0) => {
                 let c = allowed_cpus();
@@ -874,6 +889,10 @@ fn first_cores(n: usize) -> Vec<usize> {
     let cpus = if cpus.is_empty() { vec![0] } else { cpus };
     (0..n).map(|i| cpus[i % cpus.len()]).collect()
 }
+
+/// Most workers (cores listed, or `workers`): each has two sockets, a ring
+/// and its buffers.
+pub const MAX_WORKERS: usize = 256;
 
 /// Parses `0,1` and `0-3,6`.
 pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
@@ -1060,6 +1079,16 @@ mod tests {
             e,
             "flag --batch: key \"batch\": value 0: must be between 1 and 1024"
         );
+    }
+
+    #[test]
+    fn a_core_list_beyond_the_worker_cap_is_refused() {
+        let e = format!("{:#}", load(&["--cores", "0-4095"]).unwrap_err());
+        assert_eq!(
+            e,
+            "flag --cores: key \"cores\": value \"0-4095\": 4096 cores listed: at most 256 (one worker each)"
+        );
+        assert_eq!(load(&["--cores", "0-255"]).unwrap().cores.len(), 256);
     }
 
     #[test]
