@@ -394,6 +394,17 @@ impl Coordinator {
                 self.warn_limit(id, src, cap.key(), limit);
                 return;
             }
+            Notice::OwnAddress { id, src, dest } => {
+                tracing::warn!(
+                    "station {id} at {} not registered: the conference would be sent to {}, \
+                     the relay's own address (a station on the relay's host with \
+                     --reply-to listen-port; use --reply-to source); its frames are dropped \
+                     as own_address",
+                    display_addr(src),
+                    display_addr(dest)
+                );
+                return;
+            }
         };
         self.tell_controls(ev);
     }

@@ -77,6 +77,10 @@ pub enum DropReason {
     HelloOverflow,
     /// The datagram did not fit in a receive buffer.
     Truncated,
+    /// An OVP datagram from the relay's own OVP address (one of its own
+    /// sends come back, or a spoof), or from a station whose share of the
+    /// conference would be sent there ([`CoreConfig::is_own`]).
+    OwnAddress,
 }
 
 /// Why a registered voice address has no route.
@@ -197,9 +201,39 @@ pub struct CoreConfig {
     pub max_stations: usize,
     /// OVP stations per source IP at most.
     pub max_stations_per_ip: usize,
+    /// The IPs at which the OVP socket receives: the bound one, or every
+    /// local one (loopback always) when bound to the unspecified address.
+    pub own_ips: OwnIps,
+}
+
+/// The relay's own IPs (see [`CoreConfig::own_ips`]).
+#[derive(Debug, Clone, Default)]
+pub enum OwnIps {
+    /// Bound to one address: only it (canonical form).
+    Bound(IpAddr),
+    /// Bound to the unspecified address: loopback, and these (the host's
+    /// addresses at start, canonical form).
+    Any(HashSet<IpAddr>),
+    /// Not known (tests).
+    #[default]
+    Unknown,
 }
 
 impl CoreConfig {
+    /// True when `a` is the relay's own OVP address: a datagram sent there
+    /// comes back to the relay.
+    pub fn is_own(&self, a: SocketAddr) -> bool {
+        if a.port() != self.ovp_port {
+            return false;
+        }
+        let ip = a.ip().to_canonical();
+        match &self.own_ips {
+            OwnIps::Bound(b) => ip == *b,
+            OwnIps::Any(set) => ip.is_loopback() || ip.is_unspecified() || set.contains(&ip),
+            OwnIps::Unknown => false,
+        }
+    }
+
     /// The destination of a station that sends from `src`.
     pub fn dest_for(&self, src: SocketAddr) -> SocketAddr {
         match self.reply_to {
@@ -300,6 +334,8 @@ pub struct Core {
     stations: Stations,
     /// When this worker last reported a station-cap refusal.
     last_refusal: Option<Instant>,
+    /// When this worker last reported a station at its own address.
+    last_own_report: Option<Instant>,
     /// Registered voice addresses: source address -> what to do (installed
     /// by the coordinator from control's calls and HELLOs).
     voice: FastMap<SocketAddr, VoiceSlot>,
@@ -319,6 +355,7 @@ impl Core {
             cfg,
             stations: Stations::default(),
             last_refusal: None,
+            last_own_report: None,
             voice: FastMap::default(),
             bandwidth: None,
             limiter: KeyedMap::default(),
@@ -428,6 +465,9 @@ impl Core {
     }
 
     fn decide_ovp(&mut self, pkt: &[u8], peer: SocketAddr, now: Instant) -> Decision<'_> {
+        if self.cfg.is_own(peer) {
+            return Decision::Drop(DropReason::OwnAddress);
+        }
         if self.cfg.station_rate != 0 && !self.admit(peer, now) {
             return Decision::Drop(DropReason::RateLimited);
         }
@@ -447,10 +487,14 @@ impl Core {
             Some(i) => {
                 let from = self.stations.src(i);
                 if from != peer && self.stations.may_move(i, now) {
+                    let dest = self.cfg.dest_for(peer);
+                    if self.cfg.is_own(dest) {
+                        return self.own_address(station, peer, dest, now);
+                    }
                     if ip_key(from) != ip_key(peer) && self.ip_full(peer) {
                         return self.refuse(station, peer, StationCap::PerIp, now);
                     }
-                    self.stations.set_src(i, peer, self.cfg.dest_for(peer));
+                    self.stations.set_src(i, peer, dest);
                     self.stations.hold(i, now + MOVE_HOLD);
                     self.learned.push(Learned::Moved {
                         id: station,
@@ -461,13 +505,17 @@ impl Core {
                 i
             }
             None => {
+                let dest = self.cfg.dest_for(peer);
+                if self.cfg.is_own(dest) {
+                    return self.own_address(station, peer, dest, now);
+                }
                 if self.stations.len() >= self.cfg.max_stations {
                     return self.refuse(station, peer, StationCap::Total, now);
                 }
                 if self.ip_full(peer) {
                     return self.refuse(station, peer, StationCap::PerIp, now);
                 }
-                let i = self.stations.insert(station, peer, self.cfg.dest_for(peer));
+                let i = self.stations.insert(station, peer, dest);
                 self.learned.push(Learned::NewStation {
                     id: station,
                     src: peer,
@@ -510,6 +558,25 @@ impl Core {
             });
         }
         Decision::Drop(DropReason::StationLimit)
+    }
+
+    /// Drops a frame whose station would be sent to the relay's own
+    /// address; queues a report at most once per [`STATION_LIMIT_REPORT`].
+    fn own_address(
+        &mut self,
+        id: StationId,
+        src: SocketAddr,
+        dest: SocketAddr,
+        now: Instant,
+    ) -> Decision<'static> {
+        let due = self
+            .last_own_report
+            .is_none_or(|t| now.saturating_duration_since(t) >= STATION_LIMIT_REPORT);
+        if due {
+            self.last_own_report = Some(now);
+            self.learned.push(Learned::OwnAddress { id, src, dest });
+        }
+        Decision::Drop(DropReason::OwnAddress)
     }
 
     /// Token bucket per source: `station_rate` per second, `station_burst`
@@ -666,7 +733,107 @@ mod tests {
             deny: HashSet::new(),
             max_stations: 1000,
             max_stations_per_ip: 16,
+            own_ips: OwnIps::Unknown,
         }
+    }
+
+    /// The relay-forwarding-to-itself loop: in listen-port mode a station
+    /// on the relay's host would be sent its share at the relay's own
+    /// address, and every copy would come back as a frame of that station
+    /// from there. Such a station is not registered, and a datagram from
+    /// the relay's own address is dropped.
+    #[test]
+    fn nothing_is_sent_to_or_taken_from_the_relays_own_address() {
+        let t = Instant::now();
+        let mut cf = cfg(ReplyTo::ListenPort);
+        cf.own_ips = OwnIps::Any([addr("192.0.2.7:0").ip()].into_iter().collect());
+        let mut c = Core::new(cf.clone());
+        let remote = addr("10.0.0.1:40000");
+        dests(c.decide(&frame("W1AW", b""), remote, PortKind::Ovp, t));
+        c.take_learned();
+        for local in [
+            "127.0.0.1:40001",
+            "192.0.2.7:40001",
+            "[::ffff:127.0.0.1]:40001",
+        ] {
+            assert_eq!(
+                drop_reason(c.decide(&frame("KB5MU", b""), addr(local), PortKind::Ovp, t)),
+                DropReason::OwnAddress,
+                "{local}"
+            );
+        }
+        assert_eq!(c.station_count(), 1);
+        // One report per worker and minute, naming where it would have gone.
+        assert_eq!(
+            c.take_learned(),
+            vec![Learned::OwnAddress {
+                id: id("KB5MU"),
+                src: addr("127.0.0.1:40001"),
+                dest: addr("127.0.0.1:57372"),
+            }]
+        );
+        // A copy of W1AW's frame come back from the relay's own socket: it
+        // neither moves W1AW nor goes anywhere.
+        for own in ["127.0.0.1:57372", "192.0.2.7:57372", "[::1]:57372"] {
+            assert_eq!(
+                drop_reason(c.decide(&frame("W1AW", b""), addr(own), PortKind::Ovp, t)),
+                DropReason::OwnAddress
+            );
+        }
+        // Nor may W1AW move onto the relay's host.
+        let later = t + MOVE_HOLD;
+        assert_eq!(
+            drop_reason(c.decide(
+                &frame("W1AW", b""),
+                addr("127.0.0.1:40002"),
+                PortKind::Ovp,
+                later
+            )),
+            DropReason::OwnAddress
+        );
+        assert_eq!(c.station_source(id("W1AW")), Some(remote));
+        // Bound to one address, another loopback address is somebody else.
+        cf.own_ips = OwnIps::Bound(addr("127.0.0.1:0").ip());
+        let mut c = Core::new(cf);
+        assert!(
+            dests(c.decide(
+                &frame("K0K", b""),
+                addr("127.0.0.2:40000"),
+                PortKind::Ovp,
+                t
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            drop_reason(c.decide(
+                &frame("W1AW", b""),
+                addr("127.0.0.1:40000"),
+                PortKind::Ovp,
+                t
+            )),
+            DropReason::OwnAddress
+        );
+        // Source mode sends back to the source: a station on the host is fine.
+        let mut c = Core::new(cfg(ReplyTo::Source));
+        c.cfg.own_ips = OwnIps::Any(HashSet::new());
+        assert!(
+            dests(c.decide(
+                &frame("K0K", b""),
+                addr("127.0.0.1:40000"),
+                PortKind::Ovp,
+                t
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            drop_reason(c.decide(
+                &frame("W1AW", b""),
+                addr("127.0.0.1:57372"),
+                PortKind::Ovp,
+                t
+            )),
+            DropReason::OwnAddress
+        );
     }
 
     fn dests(d: Decision<'_>) -> Vec<SocketAddr> {

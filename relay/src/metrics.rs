@@ -70,6 +70,9 @@ pub enum Metric {
     VoiceHellos,
     /// Datagram larger than a receive buffer.
     DropTruncated,
+    /// OVP datagram from the relay's own OVP address, or from a station
+    /// whose frames would go back there.
+    DropOwnAddress,
     /// A send that found no free send slot (io_uring) and was dropped.
     DropSendSlotsFull,
     /// Receive completions with ENOBUFS (buffer ring empty).
@@ -98,7 +101,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric in index order.
-    pub const ALL: [Metric; 33] = [
+    pub const ALL: [Metric; 34] = [
         Metric::RxPackets,
         Metric::RxBytes,
         Metric::OvpFrames,
@@ -122,6 +125,7 @@ impl Metric {
         Metric::DropHelloOverflow,
         Metric::VoiceHellos,
         Metric::DropTruncated,
+        Metric::DropOwnAddress,
         Metric::DropSendSlotsFull,
         Metric::RecvNoBufs,
         Metric::RecvRearms,
@@ -162,6 +166,7 @@ impl Metric {
             Metric::DropHelloOverflow => "drop_hello_overflow",
             Metric::VoiceHellos => "voice_hellos",
             Metric::DropTruncated => "drop_truncated",
+            Metric::DropOwnAddress => "drop_own_address",
             Metric::DropSendSlotsFull => "drop_send_slots_full",
             Metric::RecvNoBufs => "recv_enobufs",
             Metric::RecvRearms => "recv_rearms",
@@ -192,6 +197,7 @@ impl Metric {
             DropReason::BadHello => Metric::DropBadHello,
             DropReason::HelloOverflow => Metric::DropHelloOverflow,
             DropReason::Truncated => Metric::DropTruncated,
+            DropReason::OwnAddress => Metric::DropOwnAddress,
         }
     }
 }

@@ -71,6 +71,16 @@ pub enum Notice {
         /// Its value.
         limit: usize,
     },
+    /// A station that would be sent to the relay's own address was not
+    /// registered ([`Learned::OwnAddress`]).
+    OwnAddress {
+        /// The callsign.
+        id: StationId,
+        /// Where its frame came from.
+        src: SocketAddr,
+        /// The relay's own address it would have been sent to.
+        dest: SocketAddr,
+    },
 }
 
 /// The registry.
@@ -163,6 +173,9 @@ impl Registry {
                         limit,
                     }),
                 );
+            }
+            Learned::OwnAddress { id, src, dest } => {
+                return (None, Some(Notice::OwnAddress { id, src, dest }));
             }
         };
         let ip_full = self.stations_from(src.ip()) >= self.limits.max_stations_per_ip;

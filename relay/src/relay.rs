@@ -28,7 +28,7 @@ use whelm_daemon::notify::Notifier;
 use crate::cmdsock::{self, PeerPolicy};
 use crate::config::{Cli, Config};
 use crate::coordinator::{Coordinator, LimitsState, Ops, ReloadCtx, WorkerInfo, WorkerLink};
-use crate::core::{Core, CoreConfig};
+use crate::core::{Core, CoreConfig, OwnIps};
 use crate::engine::{self, EngineKind, WorkerCtx};
 use crate::metrics::{RelayGauges, WorkerCounters, WorkerView};
 use crate::net::{bind_udp, local_addr};
@@ -128,6 +128,35 @@ fn keep_housekeeping_off(workers: &[usize]) {
     }
 }
 
+/// The IPs at which a socket bound to `bind` receives (see
+/// [`crate::core::OwnIps`]): `bind` itself, or, when it is unspecified, the
+/// host's addresses now (loopback counts always).
+fn own_ips(bind: std::net::IpAddr) -> OwnIps {
+    if !bind.is_unspecified() {
+        return OwnIps::Bound(bind.to_canonical());
+    }
+    let mut set = std::collections::HashSet::new();
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => {
+            for a in addrs {
+                let ip = a.address.as_ref().and_then(|s| {
+                    s.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                });
+                if let Some(ip) = ip {
+                    set.insert(ip.to_canonical());
+                }
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot list the host's addresses ({e}): only loopback counts as the relay's own \
+             address for OVP frames"
+        ),
+    }
+    OwnIps::Any(set)
+}
+
 /// Runs the relay until `stop` is set (by a signal handler) or a worker
 /// fails. `on_ready` is called once with the listening addresses.
 pub fn run(
@@ -188,6 +217,7 @@ pub fn run(
         deny: cfg.deny.clone(),
         max_stations: cfg.max_stations,
         max_stations_per_ip: cfg.max_stations_per_ip,
+        own_ips: own_ips(cfg.bind),
     };
     let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<Event>();
     let (hello_tx, hello_rx) = crossbeam_channel::bounded::<Hello>(HELLO_QUEUE);

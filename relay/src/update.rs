@@ -149,6 +149,18 @@ pub enum Learned {
         /// That cap's value.
         limit: usize,
     },
+    /// A callsign whose frames would be sent to the relay's own OVP address
+    /// (a station on the relay's host, `--reply-to listen-port`) was not
+    /// registered; its frames are dropped as `own_address`. Reported like
+    /// [`Learned::Refused`], at most once a minute per worker.
+    OwnAddress {
+        /// The callsign.
+        id: StationId,
+        /// Where its frame came from.
+        src: SocketAddr,
+        /// Where the relay would have sent its share of the conference.
+        dest: SocketAddr,
+    },
 }
 
 /// A parsed `HELLO <user_id> [<token>]` datagram and where it came from.

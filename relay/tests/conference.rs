@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{Control, ENGINES, Station, fields, final_stats, is_sync, start, sync, vector_frames};
+use common::{
+    Control, ENGINES, Station, drops, fields, final_stats, is_sync, start, sync, vector_frames,
+};
 use whelm_shared::channel::{Command, Outcome, Role};
 use whelm_shared::ovp::HEADER_LEN;
 
@@ -633,5 +635,56 @@ fn timeout_below_minimum_is_refused() {
             assert!(matches!(code, Some(c) if c != 0));
             assert!(err.contains("minimum of 60"), "{err}");
         }
+    }
+}
+
+/// In the default `--reply-to listen-port` mode, a station on the relay's
+/// own host would be sent the conference at the relay's own address, and
+/// every copy would come back as a frame of that station from there: a
+/// loop without end with `--station-rate 0`, and the station's address
+/// moved onto the relay. Such a station is not registered: its frames are
+/// dropped and counted as `own_address`, the relay sends nothing, and the
+/// log says why and what to use instead.
+#[test]
+fn a_station_on_the_relays_host_cannot_make_it_send_to_itself() {
+    for engine in ENGINES {
+        let Some(relay) = start(engine, &["--station-rate", "0", "--workers", "1"]) else {
+            continue;
+        };
+        let a = Station::bind("W1AW", "127.0.0.1:0");
+        let b = Station::bind("KB5MU-11", "127.0.0.1:0");
+        for i in 0..3u8 {
+            a.send(relay.ovp, &a.frame(&[i]));
+            b.send(relay.ovp, &b.frame(&[i]));
+        }
+        let mut ctl = Control::connect(&relay.socket, Role::Operator);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let c = loop {
+            let c = ctl.counters();
+            if drops(&c, "own_address") >= 6 || Instant::now() > deadline {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(drops(&c, "own_address"), 6, "{engine}: {c:?}");
+        // A little later nothing more has come in or gone out: no loop.
+        std::thread::sleep(Duration::from_millis(300));
+        let c = ctl.counters();
+        let (rx, tx): (u64, u64) = c
+            .workers
+            .iter()
+            .fold((0, 0), |(r, t), w| (r + w.packets_in, t + w.packets_out));
+        assert_eq!((rx, tx), (6, 0), "{engine}: {c:?}");
+        assert_eq!(c.stations, 0, "{engine}");
+        assert!(a.recv(Duration::from_millis(100)).is_none());
+        assert!(b.recv(Duration::from_millis(100)).is_none());
+        drop(ctl);
+        let port = relay.ovp.port();
+        let err = relay.stop();
+        let own =
+            format!("the conference would be sent to 127.0.0.1:{port}, the relay's own address");
+        assert!(err.contains(&own), "{engine}: {err}");
+        assert!(err.contains("use --reply-to source"), "{engine}: {err}");
+        assert_eq!(final_stats(&err)["drop_own_address"], 6, "{engine}");
     }
 }
