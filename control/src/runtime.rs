@@ -7,7 +7,7 @@
 //!        └────────────────────────┘──────────▶ relay link (relay_link.rs)
 //!  signal thread ──Input::Shutdown / Reconfigure──▶ machine thread
 //!        └── SIGHUP: NetCmd::Reconfigure ──▶ network thread
-//!  metrics thread (tiny_http) reads the atomics every thread publishes
+//!  metrics thread (whelm_daemon::metrics_http) reads the atomics every thread publishes
 //! ```
 //!
 //! Order at start: store reachable (migrate), listeners bound (plain, TLS,

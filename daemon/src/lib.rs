@@ -9,7 +9,8 @@
 //!   counts as progress, and so whether a due ping is sent, stays with each
 //!   daemon.
 //! - [`metrics_http`]: the Prometheus text endpoint (`GET /metrics`) on its
-//!   own thread, serving what the daemon renders.
+//!   own thread (one, however many clients connect; connections capped and
+//!   timed out), serving what the daemon renders.
 //! - [`config`]: settings layering (flags > environment > file > defaults),
 //!   each value's [`config::Origin`], and the error that names source, key,
 //!   value and reason. The keys and their validation stay with each daemon.
