@@ -782,14 +782,23 @@ impl Config {
                 },
             }),
         };
+        let (ovp_port, voice_port) = (port("port")?, port("voice_port")?);
+        if ovp_port == voice_port && ovp_port != 0 {
+            return Err(m
+                .bad(
+                    "voice_port",
+                    "is the OVP port too: conference and voice need a port each",
+                )
+                .into());
+        }
         let effective = m
             .table
             .iter()
             .map(|(k, v)| (k.clone(), (v.clone(), m.origin(k))))
             .collect();
         Ok(Config {
-            port: port("port")?,
-            voice_port: port("voice_port")?,
+            port: ovp_port,
+            voice_port,
             bind,
             timeout: Duration::from_secs(timeout),
             log,
@@ -1079,6 +1088,20 @@ mod tests {
             e,
             "flag --batch: key \"batch\": value 0: must be between 1 and 1024"
         );
+    }
+
+    #[test]
+    fn one_port_for_conference_and_voice_is_refused() {
+        let e = format!(
+            "{:#}",
+            load(&["-p", "6000", "--voice-port", "6000"]).unwrap_err()
+        );
+        assert_eq!(
+            e,
+            "flag --voice-port: key \"voice_port\": value 6000: is the OVP port too: \
+             conference and voice need a port each"
+        );
+        assert!(load(&["-p", "0", "--voice-port", "0"]).is_ok());
     }
 
     #[test]

@@ -14,10 +14,39 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Binds one worker's UDP socket with `SO_REUSEPORT`. An unspecified IPv6
 /// address binds dual-stack. The error names the address.
 pub fn bind_udp(addr: SocketAddr) -> anyhow::Result<Socket> {
+    bind_udp_with(addr, true)
+}
+
+/// Fails when another socket holds `addr` (port not 0), whether or not it
+/// has `SO_REUSEPORT`. The workers' sockets share their port through
+/// `SO_REUSEPORT`, which would also let them join the sockets of another
+/// process of the same user on that port (another relay) and split the
+/// traffic with it; a socket bound without it first finds out.
+pub fn ensure_port_free(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match bind_udp_with(addr, false) {
+        Ok(_probe) => Ok(()),
+        Err(e)
+            if e.root_cause()
+                .downcast_ref::<std::io::Error>()
+                .map(std::io::Error::kind)
+                == Some(std::io::ErrorKind::AddrInUse) =>
+        {
+            anyhow::bail!("UDP {addr} is in use by another socket (another whelm-relay running?)")
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn bind_udp_with(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .with_context(|| format!("creating UDP socket for {addr}"))?;
-    sock.set_reuse_port(true)
-        .with_context(|| format!("SO_REUSEPORT on {addr}"))?;
+    if reuse_port {
+        sock.set_reuse_port(true)
+            .with_context(|| format!("SO_REUSEPORT on {addr}"))?;
+    }
     if let IpAddr::V6(ip) = addr.ip()
         && ip.is_unspecified()
     {

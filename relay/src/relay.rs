@@ -31,7 +31,7 @@ use crate::coordinator::{Coordinator, LimitsState, Ops, ReloadCtx, WorkerInfo, W
 use crate::core::{Core, CoreConfig, OwnIps};
 use crate::engine::{self, EngineKind, WorkerCtx};
 use crate::metrics::{RelayGauges, WorkerCounters, WorkerView};
-use crate::net::{bind_udp, local_addr};
+use crate::net::{bind_udp, ensure_port_free, local_addr};
 use crate::observe::Watchdog;
 use crate::registry::StationLimits;
 use crate::update::{Event, Hello};
@@ -96,6 +96,7 @@ pub struct Options {
 /// Binds `n` SO_REUSEPORT sockets on one address; port 0 resolves on the
 /// first.
 fn bind_group(addr: SocketAddr, n: usize) -> anyhow::Result<(Vec<Socket>, SocketAddr)> {
+    ensure_port_free(addr)?;
     let first = bind_udp(addr)?;
     let resolved = local_addr(&first)?;
     let mut v = vec![first];

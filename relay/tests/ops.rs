@@ -643,3 +643,45 @@ fn housekeeping_threads_leave_the_worker_cores() {
         relay.stop();
     }
 }
+
+/// A second relay on the ports of a running one does not start (the
+/// workers' `SO_REUSEPORT` would otherwise have let it join the first
+/// one's sockets and take part of their traffic), and the first one keeps
+/// forwarding.
+#[test]
+fn a_second_relay_on_the_same_port_is_refused() {
+    let Some(first) = start("mmsg", &["--reply-to", "source"]) else {
+        return;
+    };
+    for (flag, port) in [
+        ("-p", first.ovp.port()),
+        ("--voice-port", first.voice.port()),
+    ] {
+        let other = if flag == "-p" { "--voice-port" } else { "-p" };
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            flag,
+            &port.to_string(),
+            other,
+            "0",
+            "--engine",
+            "mmsg",
+        ];
+        match common::try_start(&args) {
+            common::Start::Ok(r) => panic!("second relay started: {}", r.ready_line),
+            common::Start::Failed(code, err) => {
+                assert_ne!(code, Some(0), "{err}");
+                assert!(
+                    err.contains(&format!(
+                        "UDP 127.0.0.1:{port} is in use by another socket (another whelm-relay running?)"
+                    )),
+                    "{err}"
+                );
+            }
+        }
+    }
+    let a = Station::bind("W1AW", "127.0.0.1:0");
+    let b = Station::bind("K0K", "127.0.0.1:0");
+    sync(&[&a, &b], first.ovp);
+}
