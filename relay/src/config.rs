@@ -545,6 +545,7 @@ impl Merged {
                 ),
             ));
         }
+        check_cores(&list, &allowed_cpus()).map_err(|e| self.bad(key, e))?;
         Ok(list)
     }
 
@@ -903,6 +904,29 @@ fn first_cores(n: usize) -> Vec<usize> {
 /// and its buffers.
 pub const MAX_WORKERS: usize = 256;
 
+/// A worker per listed core: each core once, and one this process may run
+/// on (its CPU affinity, e.g. systemd's `CPUAffinity=`), or the worker
+/// would run unpinned wherever the scheduler puts it.
+fn check_cores(list: &[usize], allowed: &[usize]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for &c in list {
+        if !seen.insert(c) {
+            return Err(format!("core {c} is listed twice (one worker per core)"));
+        }
+        if !allowed.is_empty() && !allowed.contains(&c) {
+            return Err(format!(
+                "core {c} is not one this process may run on (allowed: {})",
+                allowed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `0,1` and `0-3,6`.
 pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
@@ -1111,7 +1135,33 @@ mod tests {
             e,
             "flag --cores: key \"cores\": value \"0-4095\": 4096 cores listed: at most 256 (one worker each)"
         );
-        assert_eq!(load(&["--cores", "0-255"]).unwrap().cores.len(), 256);
+    }
+
+    #[test]
+    fn listed_cores_must_be_allowed_and_distinct() {
+        assert_eq!(check_cores(&[0, 1], &[0, 1]), Ok(()));
+        assert_eq!(
+            check_cores(&[0, 0], &[0, 1]),
+            Err("core 0 is listed twice (one worker per core)".into())
+        );
+        assert_eq!(
+            check_cores(&[1, 9], &[0, 1, 2]),
+            Err("core 9 is not one this process may run on (allowed: 0,1,2)".into())
+        );
+        let allowed = allowed_cpus();
+        let outside = allowed.iter().max().map_or(0, |m| m + 1);
+        let e = format!(
+            "{:#}",
+            load(&["--cores", &outside.to_string()]).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!(
+                "core {outside} is not one this process may run on"
+            )),
+            "{e}"
+        );
+        let first = allowed.first().copied().unwrap_or(0).to_string();
+        assert_eq!(load(&["--cores", &first]).unwrap().cores.len(), 1);
     }
 
     #[test]
