@@ -1012,8 +1012,8 @@ impl Coordinator {
         let errors = decode(&totals) - decode(&base);
         if errors > 0 && errors * 10 > frames + errors {
             tracing::warn!(
-                "decode errors exceed 10% of frames: decode_errors={errors} frames={}",
-                frames + errors
+                "decode errors exceed 10% of the datagrams to the OVP port: \
+                 decode_errors={errors} frames_received={frames} (valid)"
             );
         }
         self.last_totals = totals;

@@ -308,8 +308,16 @@ fn garbage_dropped_and_counted_while_traffic_flows() {
             a.recv(Duration::from_millis(300)).is_none(),
             "garbage forwarded"
         );
-        let st = final_stats(&relay.stop());
+        let err = relay.stop();
+        let st = final_stats(&err);
         assert_eq!(st["decode_errors"], 30, "{engine}");
+        // The alarm (half the datagrams were garbage) counts as the stats do.
+        let alarm = format!(
+            "decode errors exceed 10% of the datagrams to the OVP port: decode_errors=30 \
+             frames_received={} (valid)",
+            st["frames_received"]
+        );
+        assert!(err.contains(&alarm), "{engine}: {err}");
         assert_eq!(st["drop_too_short"], 5);
         assert_eq!(st["drop_bad_token"], 15);
         assert_eq!(st["drop_bad_station_id"], 10);
