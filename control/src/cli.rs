@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 #[derive(Clone, Debug, Parser)]
 #[command(name = "whelm-control", version, about)]
 pub struct Cli {
-    /// TOML config file (flags override it).
+    /// TOML config file (the environment overrides it, and flags override
+    /// both).
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Address of the control line protocol [default: 0.0.0.0:5000].
@@ -19,8 +20,9 @@ pub struct Cli {
     /// [default: WHELM_DB_DSN if set, else whelm.db].
     #[arg(long, value_name = "PATH-or-URL", global = true)]
     pub db: Option<String>,
-    /// The relay's command socket (its --control-socket). Control serves
-    /// without it and keeps retrying; none: no relay.
+    /// The relay's command socket (its --control-socket; env
+    /// WHELM_RELAY_SOCKET). Control serves while the relay is away and keeps
+    /// retrying [default: none, control runs without a relay].
     #[arg(long, value_name = "PATH")]
     pub relay_socket: Option<PathBuf>,
     /// Close a session without HEARTBEAT for this long [default: 30].

@@ -114,7 +114,8 @@ pub enum ReplyToArg {
     name = "whelm-relay",
     version,
     about = "Whelm Voice data plane: UDP relay for Whelm voice and the Opulent Voice conference",
-    after_help = "Operator commands: whelm-relay ctl users|calls|stations|counters|reload"
+    override_usage = "whelm-relay [OPTIONS]\n       whelm-relay ctl [--socket PATH] users|calls|stations|counters|reload [--json]",
+    after_help = "Operator commands: whelm-relay ctl users|calls|stations|counters|reload (see whelm-relay ctl --help)"
 )]
 pub struct Cli {
     /// TOML config file (environment and flags override it).
@@ -124,7 +125,7 @@ pub struct Cli {
     #[arg(short = 'p', long)]
     pub port: Option<u16>,
     /// Whelm voice port (5001; 0 = any free port).
-    #[arg(long)]
+    #[arg(long, value_name = "PORT")]
     pub voice_port: Option<u16>,
     /// Address to bind (0.0.0.0; `::` is dual-stack; env WHELM_RELAY_BIND).
     #[arg(long, value_name = "ADDR")]
@@ -142,13 +143,27 @@ pub struct Cli {
     /// More logging: -v debug, -vv trace (unless --log is given).
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Where OVP frames go: the station's IP at our port, or its source address.
-    #[arg(long, value_enum)]
+    /// Where OVP frames go: the station's IP at our port (listen-port, the
+    /// default and the reference's behaviour), or its source address
+    /// (source: NAT, several stations per host, stations on this host).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "listen-port|source",
+        hide_possible_values = true
+    )]
     pub reply_to: Option<ReplyToArg>,
-    /// I/O engine.
-    #[arg(long, value_enum)]
+    /// I/O engine (auto: io_uring where the kernel allows it, else
+    /// recvmmsg/sendmmsg, said at start).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "auto|uring|mmsg",
+        hide_possible_values = true
+    )]
     pub engine: Option<EngineChoice>,
-    /// Cores to run one pinned worker on each, e.g. `0,1` or `0-3`.
+    /// Cores to run one pinned worker on each, e.g. `0,1` or `0-3` (default:
+    /// one worker on every core the process may run on).
     #[arg(long, value_name = "LIST", conflicts_with = "workers")]
     pub cores: Option<String>,
     /// Number of workers (pinned to the first N allowed cores).

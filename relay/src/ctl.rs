@@ -39,6 +39,7 @@ pub enum What {
 #[derive(Debug, Parser)]
 #[command(
     name = "whelm-relay ctl",
+    bin_name = "whelm-relay ctl",
     about = "Show the relay's users, calls, stations or counters; reload its configuration"
 )]
 pub struct CtlCli {

@@ -17,7 +17,13 @@ fn main() -> std::process::ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
         return ctl();
     }
-    let cli = Cli::parse();
+    // `whelm-relay help` as `whelm-relay --help` (ctl is not a clap
+    // subcommand, so clap does not provide it).
+    let cli = if std::env::args_os().nth(1).is_some_and(|a| a == "help") {
+        Cli::parse_from(["whelm-relay", "--help"])
+    } else {
+        Cli::parse()
+    };
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
