@@ -30,6 +30,10 @@ pub enum DsnError {
         "not a MariaDB DSN (want user:pass@tcp(host:port)/db or mysql://user:pass@host:port/db)"
     )]
     NotMysql,
+    /// An empty `--db` or `db` (SQLite would open a temporary database
+    /// that is gone at exit).
+    #[error("empty: give an SQLite file or a MariaDB DSN")]
+    Empty,
 }
 
 /// How to reach MariaDB.
@@ -279,6 +283,9 @@ impl DbTarget {
     /// `--db` value: a `mysql://` URL or Go DSN selects MariaDB, anything
     /// else is a SQLite path.
     pub fn from_db_arg(s: &str) -> Result<DbTarget, DsnError> {
+        if s.strip_prefix("sqlite:").unwrap_or(s).trim().is_empty() {
+            return Err(DsnError::Empty);
+        }
         if s.starts_with("mysql://") || s.starts_with("mariadb://") || looks_like_go_dsn(s) {
             MysqlDsn::parse(s).map(DbTarget::Mysql)
         } else {
@@ -301,6 +308,20 @@ impl fmt::Display for DbTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_db_is_refused() {
+        for s in ["", " ", "sqlite:"] {
+            assert!(
+                matches!(DbTarget::from_db_arg(s), Err(DsnError::Empty)),
+                "{s:?}"
+            );
+        }
+        assert!(matches!(
+            DbTarget::from_db_arg("x.db"),
+            Ok(DbTarget::Sqlite(_))
+        ));
+    }
 
     #[test]
     fn go_form_reference_example() {

@@ -141,6 +141,13 @@ fn check_config_refuses_unknown_keys_and_bad_values() {
         err.contains("environment WHELM_CONTROL_LISTEN: key \"listen\": value \"no-port\""),
         "{err}"
     );
+    // An empty --db would be an SQLite database that is gone at exit.
+    let (ok, _, err) = check_config(&["--db", ""], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid --db \"\": empty: give an SQLite file or a MariaDB DSN"),
+        "{err}"
+    );
 }
 
 #[test]
