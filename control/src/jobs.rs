@@ -145,12 +145,23 @@ pub enum StoreJob {
         token: String,
     },
     /// `user` authenticated: status online, last_seen now, then fetch the
-    /// messages pending for it.
+    /// first page of the messages pending for it (oldest first).
     Online {
         /// Its session.
         session: SessionId,
         /// The user.
         user: UserId,
+    },
+    /// The session took the previous page of its backlog (its messages are
+    /// queued to it): fetch the next page, the messages pending after
+    /// `after`.
+    Backlog {
+        /// Its session.
+        session: SessionId,
+        /// The user.
+        user: UserId,
+        /// The `upto` of the previous page.
+        after: i64,
     },
     /// HEARTBEAT: last_seen now, and the status if given.
     Heartbeat {
@@ -198,6 +209,20 @@ pub struct StoredMessage {
     pub timestamp: String,
 }
 
+/// One page of the messages pending for a user (at most the store's page
+/// size of rows, oldest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingPage {
+    /// The deliverable messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// The highest `messages.id` this page covers: its messages and the
+    /// rows skipped as undeliverable (logged by the store). Marking the
+    /// page delivered up to it consumes both. `None`: nothing was pending.
+    pub upto: Option<i64>,
+    /// The page was full: more may be pending after `upto`.
+    pub more: bool,
+}
+
 /// Why a message was not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MsgFailure {
@@ -226,14 +251,16 @@ pub enum StoreResult {
         /// The user, if the token is known.
         user: Result<Option<UserRecord>, ()>,
     },
-    /// Answer to [`StoreJob::Online`]: the pending messages, oldest first.
+    /// Answer to [`StoreJob::Online`] and [`StoreJob::Backlog`]: a page of
+    /// the pending messages, oldest first.
     Backlog {
         /// Who asked.
         session: SessionId,
         /// For whom.
         user: UserId,
-        /// Messages; `Err` when the database failed (they stay pending).
-        messages: Result<Vec<StoredMessage>, ()>,
+        /// The page; `Err` when the database failed (the messages stay
+        /// pending).
+        page: Result<PendingPage, ()>,
     },
     /// Answer to [`StoreJob::Msg`], sent after the commit.
     Msg {

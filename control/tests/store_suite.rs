@@ -9,7 +9,7 @@ mod common;
 
 use common::{MysqlProbe, Probe, SqliteProbe, TempMariaDb};
 use whelm_control::jobs::{
-    MsgFailure, MsgJob, SessionId, StoreJob, StoreResult, StoredMessage, UserRecord,
+    MsgFailure, MsgJob, PendingPage, SessionId, StoreJob, StoreResult, StoredMessage, UserRecord,
 };
 use whelm_control::store::worker::run_batch;
 use whelm_control::store::{Stamp, Store, StoreError};
@@ -288,11 +288,14 @@ fn offline_backlog_in_order_once(f: &mut Fixture) {
     let StoreResult::Backlog {
         session,
         user,
-        messages: Ok(backlog),
+        page: Ok(page),
     } = &res[0]
     else {
         panic!("{res:?}")
     };
+    assert!(!page.more);
+    assert_eq!(page.upto, Some(live.id));
+    let backlog = &page.messages;
     assert_eq!((*session, *user), (SessionId(9), b));
     let got: Vec<(i64, &str)> = backlog.iter().map(|m| (m.id, m.content.as_str())).collect();
     let mut want: Vec<(i64, String)> = ids
@@ -327,7 +330,10 @@ fn offline_backlog_in_order_once(f: &mut Fixture) {
         f.probe.one("SELECT COUNT(*) FROM whelm_pending"),
         Some("0".into())
     );
-    assert_eq!(f.store.pending_for(b).unwrap(), vec![]);
+    assert_eq!(
+        f.store.pending_for(b, i64::MIN, 500).unwrap(),
+        PendingPage::default()
+    );
     assert_eq!(
         f.probe.one("SELECT COUNT(*) FROM messages"),
         Some("6".into())

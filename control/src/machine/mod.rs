@@ -24,7 +24,7 @@ use whelm_shared::line::{Command, ErrorReply, LineError, MessageJson, Reply, Use
 use whelm_shared::channel::UserEntry;
 
 use crate::jobs::{
-    Effect, Input, MsgFailure, MsgJob, RelayCommand, SessionId, StoreJob, StoreResult,
+    Effect, Input, MsgFailure, MsgJob, PendingPage, RelayCommand, SessionId, StoreJob, StoreResult,
     StoredMessage,
 };
 
@@ -95,8 +95,10 @@ enum Held {
 
 #[derive(Debug)]
 enum Backlog {
-    /// The pending messages are being fetched; messages committed meanwhile
-    /// (not pending in the database) wait here to go out after them.
+    /// The pending messages are being fetched, a page at a time (each page
+    /// is queued to the session, marked delivered, and only then is the
+    /// next one asked for); messages committed meanwhile (not pending in
+    /// the database) wait here to go out after the last page.
     Fetching(Vec<StoredMessage>),
     /// Backlog delivered; messages go out as they commit.
     Live,
@@ -671,8 +673,8 @@ impl Machine {
             StoreResult::Backlog {
                 session,
                 user,
-                messages,
-            } => self.backlog_done(session, user, messages, out),
+                page,
+            } => self.backlog_done(session, user, page, out),
             StoreResult::Msg {
                 session,
                 seq,
@@ -755,40 +757,57 @@ impl Machine {
         self.send(session, Reply::Msg(json), out);
     }
 
+    /// A page of the backlog: queued to the session, then marked delivered
+    /// (its skipped rows too); then the next page is asked for, or, after
+    /// the last one (or a failed fetch: the rest stays pending for the next
+    /// AUTH), the messages buffered meanwhile go out and the session is
+    /// live.
     fn backlog_done(
         &mut self,
         session: SessionId,
         user: UserId,
-        messages: Result<Vec<StoredMessage>, ()>,
+        page: Result<PendingPage, ()>,
         out: &mut Vec<Effect>,
     ) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        let AuthState::Authed(a) = &mut s.auth else {
+        let AuthState::Authed(a) = &s.auth else {
             return;
         };
         if a.user != user {
             return;
         }
-        let buffered = match std::mem::replace(&mut a.backlog, Backlog::Live) {
-            Backlog::Fetching(b) => b,
-            Backlog::Live => Vec::new(),
-        };
-        let backlog = messages.unwrap_or_default();
-        let upto = backlog.iter().map(|m| m.id).max();
-        for m in backlog {
+        let page = page.unwrap_or_default();
+        for m in page.messages {
             self.deliver(session, m, out);
         }
+        let delivered = page.upto.map(|upto| {
+            Effect::Store(StoreJob::Delivered {
+                recipient: user,
+                upto,
+            })
+        });
+        if let (Some(after), true) = (page.upto, page.more) {
+            out.extend(delivered);
+            out.push(Effect::Store(StoreJob::Backlog {
+                session,
+                user,
+                after,
+            }));
+            return;
+        }
+        let buffered = match self.sessions.get_mut(&session).map(|s| &mut s.auth) {
+            Some(AuthState::Authed(a)) => match std::mem::replace(&mut a.backlog, Backlog::Live) {
+                Backlog::Fetching(b) => b,
+                Backlog::Live => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         for m in buffered {
             self.deliver(session, m, out);
         }
-        if let Some(upto) = upto {
-            out.push(Effect::Store(StoreJob::Delivered {
-                recipient: user,
-                upto,
-            }));
-        }
+        out.extend(delivered);
     }
 
     fn msg_done(

@@ -9,8 +9,8 @@ use whelm_shared::line::{Command, ErrorReply, LineError, MessageJson, Reply, Sta
 
 use super::{Machine, MachineConfig};
 use crate::jobs::{
-    Effect, Input, MsgFailure, MsgJob, RelayCommand, RelayInput, SessionId, StoreJob, StoreResult,
-    StoredMessage, UserRecord,
+    Effect, Input, MsgFailure, MsgJob, PendingPage, RelayCommand, RelayInput, SessionId, StoreJob,
+    StoreResult, StoredMessage, UserRecord,
 };
 
 mod relay;
@@ -216,7 +216,11 @@ impl H {
         self.input(Input::Store(StoreResult::Backlog {
             session: sid(s),
             user: uid(u),
-            messages: Ok(msgs),
+            page: Ok(PendingPage {
+                upto: msgs.iter().map(|m| m.id).max(),
+                messages: msgs,
+                more: false,
+            }),
         }))
     }
 
@@ -929,6 +933,148 @@ fn pending_message_completing_during_fetch_is_not_duplicated() {
                 upto: 1
             })
         ]
+    );
+}
+
+fn page(s: u64, u: u64, msgs: &[StoredMessage], upto: Option<i64>, more: bool) -> Input {
+    Input::Store(StoreResult::Backlog {
+        session: sid(s),
+        user: uid(u),
+        page: Ok(PendingPage {
+            messages: msgs.to_vec(),
+            upto,
+            more,
+        }),
+    })
+}
+
+#[test]
+fn backlog_in_pages() {
+    let mut h = H::new();
+    h.login(1, 1);
+    h.connect(2);
+    h.line(2, "AUTH tok2");
+    h.lookup(2, Some(2));
+    // A message committed live during the fetch waits for the last page.
+    h.line(1, "MSG 2 live");
+    let live = msg(9, 1, 2, "live");
+    assert_eq!(
+        h.input(msg_done(1, 1, 2, false, Ok(live.clone()))),
+        vec![send(1, Reply::OkMsg)]
+    );
+    let (m1, m2, m4) = (msg(1, 1, 2, "a"), msg(2, 1, 2, "b"), msg(4, 1, 2, "d"));
+    // A full page: queued to the session, marked delivered, and only then
+    // the next page is asked for (after its last id, 3: a skipped row).
+    assert_eq!(
+        h.input(page(2, 2, &[m1.clone(), m2.clone()], Some(3), true)),
+        vec![
+            msg_reply(2, &m1),
+            msg_reply(2, &m2),
+            Effect::Store(StoreJob::Delivered {
+                recipient: uid(2),
+                upto: 3
+            }),
+            Effect::Store(StoreJob::Backlog {
+                session: sid(2),
+                user: uid(2),
+                after: 3
+            }),
+        ]
+    );
+    // A page of nothing but skipped rows still moves on.
+    assert_eq!(
+        h.input(page(2, 2, &[], Some(5), true)),
+        vec![
+            Effect::Store(StoreJob::Delivered {
+                recipient: uid(2),
+                upto: 5
+            }),
+            Effect::Store(StoreJob::Backlog {
+                session: sid(2),
+                user: uid(2),
+                after: 5
+            }),
+        ]
+    );
+    // The last page, then what was buffered; then live.
+    assert_eq!(
+        h.input(page(2, 2, std::slice::from_ref(&m4), Some(6), false)),
+        vec![
+            msg_reply(2, &m4),
+            msg_reply(2, &live),
+            Effect::Store(StoreJob::Delivered {
+                recipient: uid(2),
+                upto: 6
+            }),
+        ]
+    );
+    h.line(1, "MSG 2 now");
+    let now = msg(10, 1, 2, "now");
+    assert_eq!(
+        h.input(msg_done(1, 2, 2, false, Ok(now.clone()))),
+        vec![send(1, Reply::OkMsg), msg_reply(2, &now)]
+    );
+    // An empty last page (the previous one was exactly full).
+    h.connect(3);
+    h.line(3, "AUTH tok3");
+    h.lookup(3, Some(3));
+    assert_eq!(h.input(page(3, 3, &[], None, true)), vec![]);
+    h.line(1, "MSG 3 hi");
+    let hi = msg(11, 1, 3, "hi");
+    assert_eq!(
+        h.input(msg_done(1, 3, 3, false, Ok(hi.clone()))),
+        vec![send(1, Reply::OkMsg), msg_reply(3, &hi)]
+    );
+}
+
+#[test]
+fn backlog_paging_stops_with_the_session_or_a_failed_fetch() {
+    let mut h = H::new();
+    h.login(1, 1);
+    h.connect(2);
+    h.line(2, "AUTH tok2");
+    let id = h.ids(2);
+    h.lookup(2, Some(2));
+    let m1 = msg(1, 1, 2, "a");
+    h.input(page(2, 2, &[m1], Some(1), true));
+    h.line(1, "MSG 2 live");
+    let live = msg(7, 1, 2, "live");
+    h.input(msg_done(1, 1, 2, false, Ok(live)));
+    // Gone between pages: the buffered message is pending again, and the
+    // next page (already asked for) goes nowhere and asks for nothing.
+    assert_eq!(
+        h.input(Input::Disconnected { session: sid(2) }),
+        vec![
+            Effect::Store(StoreJob::Offline {
+                users: vec![uid(2)]
+            }),
+            revoke(id + 1, 2),
+            Effect::Store(StoreJob::AddPending {
+                recipient: uid(2),
+                message_id: 7
+            }),
+        ]
+    );
+    assert_eq!(
+        h.input(page(2, 2, &[msg(2, 1, 2, "b")], Some(2), true)),
+        vec![]
+    );
+    // A fetch that failed: the rest stays pending, the session goes live
+    // with what was buffered, nothing is marked delivered.
+    h.connect(3);
+    h.line(3, "AUTH tok2");
+    h.lookup(3, Some(2));
+    h.input(page(3, 2, &[], Some(1), true));
+    h.line(1, "MSG 2 later");
+    let later = msg(8, 1, 2, "later");
+    h.input(msg_done(1, 2, 2, false, Ok(later.clone())));
+    assert_eq!(
+        h.input(Input::Store(StoreResult::Backlog {
+            session: sid(3),
+            user: uid(2),
+            page: Err(()),
+        })),
+        vec![msg_reply(3, &later)]
     );
 }
 

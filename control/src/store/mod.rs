@@ -5,6 +5,32 @@
 //! exist in Whelm deployments and are created only when missing, never
 //! altered. `whelm_pending(recipient_id, message_id)` is this project's own:
 //! one row per message still to be delivered to a recipient who was offline.
+//!
+//! Rows the store did not write. Deployments keep their own `users` and
+//! `messages` tables, so a value can be NULL or of a type this schema would
+//! not allow (a NULL `username`, `sender_id` or `content`, an id out of the
+//! signed 64-bit range, bytes that are not UTF-8). Every column is read as
+//! a raw value and checked here, never converted by a driver call that
+//! panics (a panic in the store thread aborts control) or by one that fails
+//! the statement (that would roll back the whole group-committed batch, so
+//! other users' `MSG`s would get `ERROR`). What each case gives:
+//!
+//! - AUTH ([`Store::user_by_token`]): a row whose id is not a user id
+//!   (NULL, not positive, beyond `i64::MAX`) or whose `username` is NULL is
+//!   no user: `ERROR Invalid token`, as for an unknown token (the protocol
+//!   has no answer for a user without a name: `OK AUTH`, `INCOMING` and
+//!   `START_CALL` carry it), with a warning naming the user id. A name
+//!   that is not UTF-8 is used with its bad bytes replaced (U+FFFD).
+//! - Pending messages ([`Store::pending_for`]): a message whose `sender_id`
+//!   is not a user id (NULL, not positive, out of range) or whose `content`
+//!   is NULL or not text cannot be delivered: it is skipped with a warning
+//!   naming its id, the others are delivered, and its pending row is
+//!   consumed with its page (the `messages` row is never touched). Content
+//!   that is not UTF-8 is delivered with its bad bytes replaced; a NULL or
+//!   unreadable `timestamp` is delivered as `""`.
+//! - `user list` ([`Store::list_users`]): every row it can show; a NULL
+//!   `username` or `status` is shown empty (with a warning for the name), a
+//!   row whose id is not a signed 64-bit integer is left out with a warning.
 
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
@@ -12,7 +38,7 @@ use time::macros::format_description;
 use whelm_shared::line::{Status, UserId};
 
 use crate::dsn::DbTarget;
-use crate::jobs::{StoredMessage, UserRecord};
+use crate::jobs::{PendingPage, StoredMessage, UserRecord};
 
 pub mod mysql;
 pub mod sqlite;
@@ -166,8 +192,16 @@ pub trait Store: Send {
     ) -> Result<Vec<i64>, StoreError>;
     /// Records messages as pending for recipients.
     fn add_pending(&mut self, rows: &[(UserId, i64)]) -> Result<(), StoreError>;
-    /// Messages pending for a user, oldest first.
-    fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError>;
+    /// One page of the messages pending for a user, oldest first: those
+    /// with an id above `after` (`i64::MIN` for the first page), at most
+    /// `limit` rows. Undeliverable rows are skipped (logged) but counted
+    /// in the page and its `upto`.
+    fn pending_for(
+        &mut self,
+        user: UserId,
+        after: i64,
+        limit: usize,
+    ) -> Result<PendingPage, StoreError>;
     /// Forgets the pending rows of a user up to a message id.
     fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError>;
 }
@@ -191,4 +225,172 @@ pub fn new_token() -> Result<String, StoreError> {
 /// skipped by the callers).
 pub(crate) fn db_user_id(v: i64) -> Option<UserId> {
     u64::try_from(v).ok().and_then(UserId::new)
+}
+
+/// Rows of pending messages fetched and delivered at a time (the backlog of
+/// an AUTH goes out page by page, each fetched once the previous one was
+/// queued to the session).
+pub const PENDING_PAGE: usize = 500;
+
+/// A column value as a backend read it, before it is checked: `Ok(None)`
+/// for NULL, `Err` saying what it holds when it does not convert.
+pub(crate) type Cell<T> = Result<Option<T>, String>;
+
+/// A user id from a column (`users.id`, `messages.sender_id`), or why it is
+/// not one.
+fn user_id_cell(column: &str, v: Cell<i64>) -> Result<UserId, String> {
+    match v {
+        Ok(Some(id)) => db_user_id(id).ok_or_else(|| format!("{column} {id} is not a user id")),
+        Ok(None) => Err(format!("{column} is NULL")),
+        Err(e) => Err(e),
+    }
+}
+
+/// The user of an AUTH lookup's row, or `None` (with a warning) when the
+/// row cannot be used: see the module documentation.
+pub(crate) fn user_record(
+    store: &str,
+    id: Cell<i64>,
+    username: Cell<String>,
+) -> Option<UserRecord> {
+    let id = match user_id_cell("users.id", id) {
+        Ok(id) => id,
+        Err(problem) => {
+            tracing::warn!(
+                store,
+                problem,
+                "AUTH: the users row of this session token has no usable id; \
+                 answering ERROR Invalid token"
+            );
+            return None;
+        }
+    };
+    match username {
+        Ok(Some(username)) => Some(UserRecord { id, username }),
+        other => {
+            let problem = other.err().unwrap_or_else(|| "username is NULL".into());
+            tracing::warn!(
+                store,
+                user_id = id.get(),
+                problem,
+                "AUTH: user has no usable username; answering ERROR Invalid token"
+            );
+            None
+        }
+    }
+}
+
+/// A pending row as read: `messages.id`, `sender_id`, `content`, and the
+/// timestamp already formatted as RFC 3339 (NULL if it did not format).
+pub(crate) struct RawPending {
+    pub(crate) id: Cell<i64>,
+    pub(crate) sender: Cell<i64>,
+    pub(crate) content: Cell<String>,
+    pub(crate) timestamp: Option<String>,
+}
+
+/// A page of pending messages from the rows of one fetch of at most
+/// `limit` rows: the deliverable ones, the highest id covered, and whether
+/// more may follow. Undeliverable rows are logged and left out.
+pub(crate) fn pending_page(
+    store: &str,
+    user: UserId,
+    limit: usize,
+    rows: Vec<RawPending>,
+) -> PendingPage {
+    let mut page = PendingPage {
+        messages: Vec::with_capacity(rows.len()),
+        upto: None,
+        more: rows.len() >= limit.max(1),
+    };
+    for r in rows {
+        let id = match r.id {
+            Ok(Some(id)) => id,
+            other => {
+                // Never from whelm_pending's own NOT NULL BIGINT column.
+                let problem = other.err().unwrap_or_else(|| "message id is NULL".into());
+                tracing::warn!(
+                    store,
+                    recipient = user.get(),
+                    problem,
+                    "pending row without a usable message id skipped"
+                );
+                continue;
+            }
+        };
+        page.upto = Some(page.upto.map_or(id, |u: i64| u.max(id)));
+        let sender = user_id_cell("sender_id", r.sender);
+        let content = match r.content {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err("content is NULL".to_owned()),
+            Err(e) => Err(e),
+        };
+        match (sender, content) {
+            (Ok(sender), Ok(content)) => page.messages.push(StoredMessage {
+                id,
+                sender,
+                recipient: user,
+                content,
+                timestamp: r.timestamp.unwrap_or_default(),
+            }),
+            (sender, content) => {
+                let problem = [sender.err(), content.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(
+                    store,
+                    message_id = id,
+                    recipient = user.get(),
+                    problem,
+                    "pending message cannot be delivered; skipped (its messages row is kept)"
+                );
+            }
+        }
+    }
+    page
+}
+
+/// A row of `user list`, or `None` (with a warning) for a row whose id
+/// cannot be shown: see the module documentation.
+pub(crate) fn user_row(
+    store: &str,
+    id: Cell<i64>,
+    username: Cell<String>,
+    status: Cell<String>,
+    last_seen: Cell<String>,
+) -> Option<UserRow> {
+    let (name, name_problem) = match username {
+        Ok(Some(n)) => (n, None),
+        Ok(None) => (String::new(), Some("username is NULL".to_owned())),
+        Err(problem) => (String::new(), Some(problem)),
+    };
+    let id = match id {
+        Ok(Some(id)) => id,
+        other => {
+            let problem = other.err().unwrap_or_else(|| "id is NULL".into());
+            tracing::warn!(
+                store,
+                username = name,
+                problem,
+                "users row without a usable id left out of the list"
+            );
+            return None;
+        }
+    };
+    if let Some(problem) = name_problem {
+        tracing::warn!(
+            store,
+            user_id = id,
+            problem,
+            "users row: username shown empty"
+        );
+    }
+    Some(UserRow {
+        id,
+        username: name,
+        status: status.ok().flatten().unwrap_or_default(),
+        last_seen: last_seen.ok().flatten(),
+    })
 }

@@ -13,17 +13,26 @@
 //! a hang. After any error the connection is dropped, unreturned: nothing
 //! more is sent on it that could wait for an answer, and the next batch
 //! connects afresh.
+//!
+//! Rows are fetched as [`Row`]s and each column is checked by hand
+//! ([`int_cell`], [`text_cell`]): the driver's typed fetches (`exec::<(i64,
+//! String)>` and the like) panic on a value that does not convert, and
+//! deployments keep their own tables (see the store module documentation
+//! for what each bad value gives).
 
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Value};
+use mysql::{Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Row, Value, from_value_opt};
 use whelm_shared::dm_channel_id;
 use whelm_shared::line::{Status, UserId};
 
-use super::{NewMessage, Stamp, Store, StoreError, UserRow, db_user_id};
+use super::{
+    Cell, NewMessage, RawPending, Stamp, Store, StoreError, UserRow, pending_page, user_record,
+    user_row,
+};
 use crate::dsn::MysqlDsn;
-use crate::jobs::{StoredMessage, UserRecord};
+use crate::jobs::{PendingPage, UserRecord};
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS users (
@@ -166,6 +175,53 @@ pub fn opts(dsn: &MysqlDsn, max_conns: usize) -> Opts {
     b.into()
 }
 
+/// A value for a message: its SQL literal, cut short.
+fn show(v: &Value) -> String {
+    let mut s = v.as_sql(true);
+    if s.len() > 64 {
+        let mut end = 61;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Column `i` of a row as it came (taking it out of the row).
+fn raw(row: &mut Row, i: usize, column: &str) -> Result<Value, String> {
+    match row.take_opt::<Value, _>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(format!("{column}: unreadable value {}", show(&e.0))),
+        None => Err(format!("{column}: no such column in the result")),
+    }
+}
+
+/// Column `i` as a signed 64-bit integer: `Ok(None)` for NULL, an error
+/// for anything else that is not one (out of range, not a number).
+fn int_cell(row: &mut Row, i: usize, column: &str) -> Cell<i64> {
+    match raw(row, i, column)? {
+        Value::NULL => Ok(None),
+        v => from_value_opt::<i64>(v)
+            .map(Some)
+            .map_err(|e| format!("{column} {} is not a signed 64-bit integer", show(&e.0))),
+    }
+}
+
+/// Column `i` as text (bytes that are not UTF-8 replaced): `Ok(None)` for
+/// NULL, an error for a value that is not a string (a number, a date).
+fn text_cell(row: &mut Row, i: usize, column: &str) -> Cell<String> {
+    match raw(row, i, column)? {
+        Value::NULL => Ok(None),
+        Value::Bytes(b) => Ok(Some(match String::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })),
+        v => Err(format!("{column} {} is not text", show(&v))),
+    }
+}
+
 /// MariaDB.
 pub struct MysqlStore {
     opts: Opts,
@@ -189,17 +245,28 @@ impl MysqlStore {
         let timeouts = Timeouts::from_dsn(dsn)?;
         let opts = opts(dsn, 1);
         let mut conn = Conn::new(opts.clone())?;
-        let (mode, inc): (Option<i64>, Option<i64>) = conn
-            .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")?
-            .unwrap_or((None, None));
-        let multi_row = mode.is_some_and(|m| m != 2);
+        let row: Option<Row> =
+            conn.query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")?;
+        let (mode, inc) = match row {
+            Some(mut r) => (
+                int_cell(&mut r, 0, "@@innodb_autoinc_lock_mode"),
+                int_cell(&mut r, 1, "@@auto_increment_increment"),
+            ),
+            None => (Ok(None), Ok(None)),
+        };
+        // Multi-row inserts compute ids from both; without either, insert
+        // row by row (each id from LAST_INSERT_ID()).
+        let (multi_row, increment) = match (mode, inc) {
+            (Ok(Some(m)), Ok(Some(i))) if i >= 1 => (m != 2, i),
+            _ => (false, 1),
+        };
         Ok(MysqlStore {
             opts,
             timeouts,
             conn: Some(conn),
             describe: dsn.to_string(),
             multi_row,
-            increment: inc.unwrap_or(1).max(1),
+            increment,
         })
     }
 
@@ -306,16 +373,19 @@ impl Store for MysqlStore {
     }
 
     fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
-        let rows: Vec<(i64, String, Option<String>, Option<String>)> = self.with(|c| {
+        let rows: Vec<Row> = self.with(|c| {
             c.query("SELECT id, username, status, CAST(last_seen AS CHAR) FROM users ORDER BY id")
         })?;
         Ok(rows
             .into_iter()
-            .map(|(id, username, status, last_seen)| UserRow {
-                id,
-                username,
-                status: status.unwrap_or_default(),
-                last_seen,
+            .filter_map(|mut r| {
+                user_row(
+                    &self.describe,
+                    int_cell(&mut r, 0, "id"),
+                    text_cell(&mut r, 1, "username"),
+                    text_cell(&mut r, 2, "status"),
+                    text_cell(&mut r, 3, "last_seen"),
+                )
             })
             .collect())
     }
@@ -340,17 +410,18 @@ impl Store for MysqlStore {
     }
 
     fn user_by_token(&mut self, token: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self.with(|c| {
+        let row: Option<Row> = self.with(|c| {
             c.exec_first(
                 "SELECT id, username FROM users WHERE session_token = ?",
                 (token,),
             )
         })?;
-        Ok(row.and_then(|(id, name)| {
-            db_user_id(id).map(|id| UserRecord {
-                id,
-                username: String::from_utf8_lossy(&name).into_owned(),
-            })
+        Ok(row.and_then(|mut r| {
+            user_record(
+                &self.describe,
+                int_cell(&mut r, 0, "users.id"),
+                text_cell(&mut r, 1, "username"),
+            )
         }))
     }
 
@@ -358,8 +429,9 @@ impl Store for MysqlStore {
         self.with(|c| {
             let mut found = Vec::new();
             for &id in ids {
-                let r: Option<i64> =
-                    c.exec_first("SELECT id FROM users WHERE id = ?", (id.get() as i64,))?;
+                // Whether a row exists; its values are not read.
+                let r: Option<Row> =
+                    c.exec_first("SELECT 1 FROM users WHERE id = ?", (id.get() as i64,))?;
                 if r.is_some() {
                     found.push(id);
                 }
@@ -450,28 +522,34 @@ impl Store for MysqlStore {
         })
     }
 
-    fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows: Vec<(i64, i64, Vec<u8>, Option<String>)> = self.with(|c| {
+    fn pending_for(
+        &mut self,
+        user: UserId,
+        after: i64,
+        limit: usize,
+    ) -> Result<PendingPage, StoreError> {
+        // The primary key (recipient_id, message_id) gives the page in
+        // order without sorting the user's whole backlog.
+        let rows: Vec<Row> = self.with(|c| {
             c.exec(
-                "SELECT m.id, m.sender_id, m.content,
+                "SELECT p.message_id, m.sender_id, m.content,
                         DATE_FORMAT(m.timestamp, '%Y-%m-%dT%H:%i:%sZ')
                  FROM whelm_pending p JOIN messages m ON m.id = p.message_id
-                 WHERE p.recipient_id = ? ORDER BY m.id",
-                (user.get() as i64,),
+                 WHERE p.recipient_id = ? AND p.message_id > ?
+                 ORDER BY p.message_id LIMIT ?",
+                (user.get() as i64, after, limit.max(1) as u64),
             )
         })?;
-        Ok(rows
+        let rows = rows
             .into_iter()
-            .filter_map(|(id, sender, content, ts)| {
-                Some(StoredMessage {
-                    id,
-                    sender: db_user_id(sender)?,
-                    recipient: user,
-                    content: String::from_utf8_lossy(&content).into_owned(),
-                    timestamp: ts.unwrap_or_default(),
-                })
+            .map(|mut r| RawPending {
+                id: int_cell(&mut r, 0, "message_id"),
+                sender: int_cell(&mut r, 1, "sender_id"),
+                content: text_cell(&mut r, 2, "content"),
+                timestamp: text_cell(&mut r, 3, "timestamp").ok().flatten(),
             })
-            .collect())
+            .collect();
+        Ok(pending_page(&self.describe, user, limit, rows))
     }
 
     fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError> {

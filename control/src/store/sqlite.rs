@@ -1,15 +1,25 @@
 //! The embedded store: SQLite (bundled), WAL mode, `synchronous = FULL` so
 //! an acknowledged message survives a power cut.
+//!
+//! Columns of rows the store did not write are read as raw values and
+//! checked by hand ([`int_cell`], [`text_cell`]): SQLite stores any value
+//! in any column, and a typed `get` that fails would fail the statement,
+//! so the whole batch (see the store module documentation for what each
+//! bad value gives; the same as on MariaDB).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 use whelm_shared::dm_channel_id;
 use whelm_shared::line::{Status, UserId};
 
-use super::{NewMessage, Stamp, Store, StoreError, UserRow, db_user_id};
-use crate::jobs::{StoredMessage, UserRecord};
+use super::{
+    Cell, NewMessage, RawPending, Stamp, Store, StoreError, UserRow, db_user_id, pending_page,
+    user_record, user_row,
+};
+use crate::jobs::{PendingPage, UserRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -32,6 +42,55 @@ CREATE TABLE IF NOT EXISTS whelm_pending (
     PRIMARY KEY (recipient_id, message_id)
 ) WITHOUT ROWID;
 ";
+
+/// A value for a message, cut short.
+fn show(v: ValueRef<'_>) -> String {
+    let mut s = match v {
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
+    };
+    if s.len() > 64 {
+        let mut end = 61;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Column `i` as a signed 64-bit integer: `Ok(None)` for NULL, an error
+/// for a value that is not one (a real, text that is not a number, a
+/// blob). The outer error is SQLite's (no such column).
+fn int_cell(r: &rusqlite::Row<'_>, i: usize, column: &str) -> rusqlite::Result<Cell<i64>> {
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(v) => Ok(Some(v)),
+        v @ ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{column} {} is not a signed 64-bit integer", show(v))),
+        v => Err(format!(
+            "{column} {} is not a signed 64-bit integer",
+            show(v)
+        )),
+    })
+}
+
+/// Column `i` as text (text or blob, bytes that are not UTF-8 replaced):
+/// `Ok(None)` for NULL, an error for a number.
+fn text_cell(r: &rusqlite::Row<'_>, i: usize, column: &str) -> rusqlite::Result<Cell<String>> {
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
+        v => Err(format!("{column} {} is not text", show(v))),
+    })
+}
 
 /// A SQLite database file.
 pub struct SqliteStore {
@@ -116,19 +175,21 @@ impl Store for SqliteStore {
     }
 
     fn list_users(&mut self) -> Result<Vec<UserRow>, StoreError> {
+        let store = self.describe();
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, username, COALESCE(status, ''), CAST(last_seen AS TEXT) FROM users ORDER BY id",
+                "SELECT id, username, status, CAST(last_seen AS TEXT) FROM users ORDER BY id",
             )?;
             let rows = st.query_map([], |r| {
-                Ok(UserRow {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    status: r.get(2)?,
-                    last_seen: r.get(3)?,
-                })
+                Ok(user_row(
+                    &store,
+                    int_cell(r, 0, "id")?,
+                    text_cell(r, 1, "username")?,
+                    text_cell(r, 2, "status")?,
+                    text_cell(r, 3, "last_seen")?,
+                ))
             })?;
-            rows.collect()
+            rows.filter_map(Result::transpose).collect()
         })
     }
 
@@ -158,12 +219,14 @@ impl Store for SqliteStore {
     }
 
     fn user_by_token(&mut self, token: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row: Option<(i64, String)> = self.with(|c| {
+        let row = self.with(|c| {
             c.prepare_cached("SELECT id, username FROM users WHERE session_token = ?1")?
-                .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([token], |r| {
+                    Ok((int_cell(r, 0, "users.id")?, text_cell(r, 1, "username")?))
+                })
                 .optional()
         })?;
-        Ok(row.and_then(|(id, username)| db_user_id(id).map(|id| UserRecord { id, username })))
+        Ok(row.and_then(|(id, username)| user_record(&self.describe(), id, username)))
     }
 
     fn existing_users(&mut self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
@@ -238,31 +301,34 @@ impl Store for SqliteStore {
         })
     }
 
-    fn pending_for(&mut self, user: UserId) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows: Vec<(i64, i64, String, String)> = self.with(|c| {
+    fn pending_for(
+        &mut self,
+        user: UserId,
+        after: i64,
+        limit: usize,
+    ) -> Result<PendingPage, StoreError> {
+        // The primary key (recipient_id, message_id) gives the page in
+        // order without sorting the user's whole backlog.
+        let rows = self.with(|c| {
             let mut st = c.prepare_cached(
-                "SELECT m.id, m.sender_id, m.content,
-                        COALESCE(strftime('%Y-%m-%dT%H:%M:%SZ', m.timestamp), '')
+                "SELECT p.message_id, m.sender_id, m.content,
+                        strftime('%Y-%m-%dT%H:%M:%SZ', m.timestamp)
                  FROM whelm_pending p JOIN messages m ON m.id = p.message_id
-                 WHERE p.recipient_id = ?1 ORDER BY m.id",
+                 WHERE p.recipient_id = ?1 AND p.message_id > ?2
+                 ORDER BY p.message_id LIMIT ?3",
             )?;
-            let rows = st.query_map([user.get() as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-            rows.collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, sender, content, timestamp)| {
-                Some(StoredMessage {
-                    id,
-                    sender: db_user_id(sender)?,
-                    recipient: user,
-                    content,
-                    timestamp,
+            let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+            let rows = st.query_map(params![user.get() as i64, after, limit], |r| {
+                Ok(RawPending {
+                    id: int_cell(r, 0, "message_id")?,
+                    sender: int_cell(r, 1, "sender_id")?,
+                    content: text_cell(r, 2, "content")?,
+                    timestamp: text_cell(r, 3, "timestamp")?.ok().flatten(),
                 })
-            })
-            .collect())
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(pending_page(&self.describe(), user, limit, rows))
     }
 
     fn mark_delivered(&mut self, user: UserId, upto: i64) -> Result<(), StoreError> {

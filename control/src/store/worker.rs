@@ -18,6 +18,12 @@
 //! the failure and doubling up to 1 s; the first batch after that tries
 //! for real (the backend reconnects), so the store is back within about a
 //! second of the database. Going down and coming back are logged once each.
+//!
+//! The backlog of pending messages goes out in pages of [`PENDING_PAGE`]
+//! rows: [`StoreJob::Online`] answers with the first, and the state machine
+//! asks for each next one ([`StoreJob::Backlog`]) once it has queued the
+//! previous one to the session, so neither this thread nor the machine ever
+//! holds more than a page of a user's backlog.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use crossbeam_channel::{Receiver, Sender};
 use whelm_daemon::logging::RateLimited;
 use whelm_shared::line::{Status, UserId};
 
-use super::{NewMessage, Stamp, Store, StoreError};
+use super::{NewMessage, PENDING_PAGE, Stamp, Store, StoreError};
 use crate::jobs::{Input, MsgFailure, MsgJob, StoreJob, StoreResult, StoredMessage};
 use crate::metrics::Metrics;
 
@@ -171,11 +177,13 @@ fn failure(job: StoreJob) -> Option<StoreResult> {
             session,
             user: Err(()),
         }),
-        StoreJob::Online { session, user } => Some(StoreResult::Backlog {
-            session,
-            user,
-            messages: Err(()),
-        }),
+        StoreJob::Online { session, user } | StoreJob::Backlog { session, user, .. } => {
+            Some(StoreResult::Backlog {
+                session,
+                user,
+                page: Err(()),
+            })
+        }
         StoreJob::Msg(m) => Some(StoreResult::Msg {
             session: m.session,
             seq: m.seq,
@@ -214,9 +222,18 @@ fn run_jobs(
                 out.push(StoreResult::Backlog {
                     session: *session,
                     user: *user,
-                    messages: Ok(store.pending_for(*user)?),
+                    page: Ok(store.pending_for(*user, i64::MIN, PENDING_PAGE)?),
                 });
             }
+            StoreJob::Backlog {
+                session,
+                user,
+                after,
+            } => out.push(StoreResult::Backlog {
+                session: *session,
+                user: *user,
+                page: Ok(store.pending_for(*user, *after, PENDING_PAGE)?),
+            }),
             StoreJob::Heartbeat { user, status } => store.set_presence(&[*user], *status, at)?,
             StoreJob::Offline { users } => store.set_presence(users, Some(Status::Offline), at)?,
             StoreJob::AddPending {
@@ -383,8 +400,13 @@ mod tests {
         fn add_pending(&mut self, _: &[(UserId, i64)]) -> Result<(), StoreError> {
             Ok(())
         }
-        fn pending_for(&mut self, _: UserId) -> Result<Vec<StoredMessage>, StoreError> {
-            Ok(Vec::new())
+        fn pending_for(
+            &mut self,
+            _: UserId,
+            _: i64,
+            _: usize,
+        ) -> Result<crate::jobs::PendingPage, StoreError> {
+            Ok(crate::jobs::PendingPage::default())
         }
         fn mark_delivered(&mut self, _: UserId, _: i64) -> Result<(), StoreError> {
             Ok(())
