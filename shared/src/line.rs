@@ -200,6 +200,23 @@ pub enum LineError {
 }
 
 impl LineError {
+    /// True when the line has a command word other than AUTH: an unknown
+    /// word, or another command with bad arguments. Before authentication
+    /// such a line is answered `ERROR Not authenticated`, as any command but
+    /// AUTH is (PROTOCOLS.md); an empty, overlong or non-UTF-8 line, or a
+    /// malformed AUTH, keeps its own error.
+    pub fn is_other_than_auth(&self) -> bool {
+        match self {
+            LineError::Empty | LineError::TooLong | LineError::InvalidUtf8 => false,
+            LineError::MissingArgument(c) | LineError::TrailingInput(c) => *c != "AUTH",
+            LineError::Unknown(_)
+            | LineError::InvalidUserId
+            | LineError::InvalidStatus
+            | LineError::InvalidMsgFormat
+            | LineError::EmptyMessage => true,
+        }
+    }
+
     /// The error line the server sends back (reference wording where one exists).
     pub fn reply(&self) -> ErrorReply {
         match self {

@@ -417,6 +417,10 @@ impl Machine {
         };
         let cmd = match line {
             Ok(c) => c,
+            Err(e) if user.is_none() && e.is_other_than_auth() => {
+                self.err(session, ErrorReply::NotAuthenticated, out);
+                return;
+            }
             Err(e) => {
                 self.err(session, e.reply(), out);
                 return;

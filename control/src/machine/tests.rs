@@ -305,14 +305,27 @@ fn before_auth_every_command_is_refused() {
             "{l}"
         );
     }
-    // Lines that do not parse get their parse error; empty lines nothing.
+    // So are other commands with bad arguments, and unknown words: any
+    // command but AUTH.
+    for l in [
+        "CALL abc",
+        "PING",
+        "HEARTBEAT bogus",
+        "MSG 2",
+        "MSG 2 ",
+        "ACCEPT",
+        "HANGUP x",
+    ] {
+        assert_eq!(
+            h.line(1, l),
+            vec![err(1, ErrorReply::NotAuthenticated)],
+            "{l}"
+        );
+    }
+    // A malformed AUTH keeps its own error; empty lines get nothing.
     assert_eq!(
-        h.line(1, "CALL abc"),
-        vec![err(1, ErrorReply::InvalidUserId)]
-    );
-    assert_eq!(
-        h.line(1, "PING"),
-        vec![err(1, ErrorReply::UnknownCommand("PING".into()))]
+        h.line(1, "AUTH"),
+        vec![err(1, ErrorReply::InvalidArguments)]
     );
     assert_eq!(h.line(1, ""), vec![]);
     let e = h.input(Input::Line {
