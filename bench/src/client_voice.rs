@@ -76,20 +76,26 @@ impl VoiceReport {
     /// The one line the client prints.
     pub fn line(&self) -> String {
         let expected = self.received + self.lost;
+        // Nothing from the partner, not even its trailer: how much it sent,
+        // and so what was lost, is not known (not 0%).
+        let (lost, loss) = if self.received == 0 && self.partner_sent.is_none() {
+            ("unknown".to_string(), "unknown".to_string())
+        } else if expected == 0 {
+            (self.lost.to_string(), "0.000%".to_string())
+        } else {
+            (
+                self.lost.to_string(),
+                format!("{:.3}%", self.lost as f64 * 100.0 / expected as f64),
+            )
+        };
         format!(
-            "VOICE sent={} received={} partner_sent={} skipped={} lost={} loss={:.3}% \
+            "VOICE sent={} received={} partner_sent={} skipped={} lost={lost} loss={loss} \
              reordered={} duplicated={} p50_us={:.1} p99_us={:.1} max_us={:.1} timestamps={}",
             self.sent,
             self.received,
             self.partner_sent
                 .map_or("unknown".to_string(), |n| n.to_string()),
             self.skipped,
-            self.lost,
-            if expected == 0 {
-                0.0
-            } else {
-                self.lost as f64 * 100.0 / expected as f64
-            },
             self.reordered,
             self.duplicated,
             self.latency.p50 as f64 / 1000.0,
@@ -253,6 +259,28 @@ pub fn stream(o: &VoiceOptions) -> anyhow::Result<VoiceReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_with_nothing_from_the_partner_says_the_loss_is_unknown() {
+        let silent = VoiceReport {
+            sent: 100,
+            ..VoiceReport::default()
+        };
+        let l = silent.line();
+        assert!(l.starts_with("VOICE sent=100 received=0 partner_sent=unknown skipped=0 lost=unknown loss=unknown "), "{l}");
+        let half = VoiceReport {
+            sent: 100,
+            received: 50,
+            partner_sent: Some(100),
+            lost: 50,
+            ..VoiceReport::default()
+        };
+        assert!(
+            half.line().contains(" lost=50 loss=50.000% "),
+            "{}",
+            half.line()
+        );
+    }
 
     #[test]
     fn receiver_counts_from_the_first_and_reads_the_trailer() {
